@@ -1,0 +1,80 @@
+"""Small Keras callbacks that the built-in ones do not cover."""
+
+from __future__ import annotations
+
+import csv
+import os
+import time
+from pathlib import Path
+
+import keras
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Adds epoch_seconds and images_per_second to the epoch logs (so CSV and W&B get them)."""
+
+    def __init__(self, images_per_epoch: int):
+        super().__init__()
+        self.images_per_epoch = images_per_epoch
+        self.seconds: list[float] = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        seconds = time.perf_counter() - self._start
+        self.seconds.append(seconds)
+        if logs is not None:
+            logs["epoch_seconds"] = seconds
+            logs["images_per_second"] = self.images_per_epoch / seconds
+
+
+class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
+    """ModelCheckpoint that writes beside the target and renames, so a crash never leaves half a file."""
+
+    def __init__(self, filepath, **kwargs):
+        self.final_path = Path(filepath)
+        self.partial_path = self.final_path.with_name(self.final_path.stem + ".partial.keras")
+        super().__init__(str(self.partial_path), **kwargs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, logs)
+        if self.partial_path.exists():
+            os.replace(self.partial_path, self.final_path)
+
+
+class ResumableCSVLogger(keras.callbacks.CSVLogger):
+    """CSVLogger in append mode that first drops rows of epochs about to be rerun after a resume."""
+
+    def __init__(self, filename):
+        super().__init__(filename, append=True)
+        self._trimmed = False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if not self._trimmed and os.path.exists(self.filename):
+            self._trimmed = True
+            rows = read_history(self.filename)
+            kept = [row for row in rows if int(row["epoch"]) < epoch]
+            if len(kept) != len(rows):
+                self.csv_file.close()
+                write_history(self.filename, kept)
+                self.csv_file = open(self.filename, "a")
+                self.append_header = not kept
+                self.writer = None
+
+
+def read_history(path) -> list[dict]:
+    if not os.path.exists(path):
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def write_history(path, rows: list[dict]) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", newline="") as f:
+        if rows:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    os.replace(tmp, path)

@@ -1,0 +1,239 @@
+"""Typed run configurations: YAML files in configs/ are data, flags override them.
+
+Resolution order, later wins: dataclass defaults, the YAML file, the file's
+`demo_overrides` section (only with --demo), then explicit command-line flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+WANDB_MODES = ("auto", "online", "offline", "disabled")
+ACTIVATIONS = ("relu", "leaky_relu", "parametric_relu", "gelu", "silu", "mish")
+FILTER_PRESETS = {
+    "equal16": [16] * 5,
+    "equal32": [32] * 5,
+    "equal64": [64] * 5,
+    "doubling16": [16, 32, 64, 128, 256],
+    "doubling32": [32, 64, 128, 256, 512],
+    "halving256": [256, 128, 64, 32, 16],
+}
+KERNEL_PRESETS = {
+    "constant3": [3] * 5,
+    "constant5": [5] * 5,
+    "constant7": [7] * 5,
+    "decreasing": [5, 5, 3, 3, 1],
+    "increasing": [1, 3, 3, 5, 5],
+}
+STRATEGIES = ("full", "head", "last_k", "gradual")
+DEMO_SECTION = "demo_overrides"
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used; the message says which and why."""
+
+
+def _doc(text: str, **kwargs):
+    return field(metadata={"help": text}, **kwargs)
+
+
+@dataclass
+class TrainConfig:
+    """Settings shared by every training command."""
+
+    data_dir: str | None = _doc("folder holding train/ and val/ (or inaturalist_12K/); fetched when missing", default=None)
+    demo: bool = _doc("use the embedded demo data (scikit-learn's handwritten digits)", default=False)
+    image_size: int = _doc("square input size in pixels (96 means 96x96)", default=224)
+    augment: bool = _doc("augment the training split (never validation or test)", default=True)
+    flip: bool = _doc("random horizontal flips when augmenting", default=True)
+    rotation: float = _doc("max random rotation as a fraction of a full turn (0 disables)", default=0.05)
+    zoom: float = _doc("max random zoom as a fraction of the size (0 disables)", default=0.1)
+    color_jitter: float = _doc("max brightness/contrast/saturation change (0 disables)", default=0.1)
+    val_fraction: float = _doc("fraction of train/ held out for validation, stratified", default=0.2)
+    batch_size: int = _doc("images per training step", default=32)
+    epochs: int = _doc("training epochs", default=10)
+    learning_rate: float = _doc("Adam learning rate", default=1e-4)
+    seed: int = _doc("seed for the split, initialisation and augmentation", default=42)
+    early_stopping: int = _doc("stop after this many epochs without val_accuracy gain (0 disables)", default=0)
+    output_dir: str | None = _doc("the run's folder (new, or an interrupted run to resume)", default=None)
+    wandb: str = _doc("W&B mode: auto (online if logged in, else offline), online, offline, disabled", default="auto")
+    wandb_project: str = _doc("W&B project name", default="inat-keras")
+
+    def validate(self) -> None:
+        positive = ("image_size", "batch_size", "epochs")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"val_fraction must be between 0 and 1 (exclusive), got {self.val_fraction}")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"learning_rate must be positive, got {self.learning_rate}")
+        for name in ("rotation", "zoom", "color_jitter"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.early_stopping < 0:
+            raise ConfigError(f"early_stopping is a patience in epochs (0 disables), got {self.early_stopping}")
+        if self.wandb not in WANDB_MODES:
+            raise ConfigError(f"wandb must be one of {', '.join(WANDB_MODES)}, got {self.wandb!r}")
+        if self.demo and self.data_dir:
+            raise ConfigError("give either --demo or --data-dir, not both")
+
+
+@dataclass
+class ScratchConfig(TrainConfig):
+    """The study's 5-block CNN trained from scratch (Part A)."""
+
+    channels: int = _doc("input channels", default=3)
+    filters: str | list[int] = _doc(f"filters per block: 5 numbers or one of {', '.join(FILTER_PRESETS)}", default="equal64")
+    kernel_sizes: str | list[int] = _doc(f"kernel size per block: 5 numbers or one of {', '.join(KERNEL_PRESETS)}", default="constant3")
+    activation: str = _doc(f"one of {', '.join(ACTIVATIONS)}", default="relu")
+    dense_units: int = _doc("units of the hidden dense layer", default=2048)
+    batch_norm: bool = _doc("batch normalisation after each conv and the dense layer", default=False)
+    dropout: float = _doc("dropout rate after each block and the dense layer (0 disables)", default=0.0)
+
+    def validate(self) -> None:
+        super().validate()
+        self.filters = resolve_blocks(self.filters, FILTER_PRESETS, "filters")
+        self.kernel_sizes = resolve_blocks(self.kernel_sizes, KERNEL_PRESETS, "kernel_sizes")
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
+        if self.channels not in (1, 3):
+            raise ConfigError(f"channels must be 1 (grayscale) or 3 (RGB), got {self.channels}")
+        if self.dense_units < 1:
+            raise ConfigError(f"dense_units must be at least 1, got {self.dense_units}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class FinetuneConfig(TrainConfig):
+    """ImageNet-pretrained EfficientNetV2-S fine-tuned with one strategy (Part B)."""
+
+    image_size: int = _doc("square input size in pixels", default=384)
+    batch_size: int = _doc("images per training step", default=16)
+    strategy: str = _doc(f"one of {', '.join(STRATEGIES)}", default="gradual")
+    k: int = _doc("blocks to train for last_k", default=5)
+    unfreeze_every: int = _doc("gradual: epochs between unfreezing steps", default=2)
+    unfreeze_step: int = _doc("gradual: blocks unfrozen at each step", default=1)
+    weights: str = _doc("imagenet, keras-cv, none, or a local weights file / preset folder", default="imagenet")
+    head_dropout: float = _doc("dropout before the classifier", default=0.2)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        for name in ("k", "unfreeze_every", "unfreeze_step"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0.0 <= self.head_dropout < 1.0:
+            raise ConfigError(f"head_dropout must be in [0, 1), got {self.head_dropout}")
+
+
+def resolve_blocks(value, presets: dict[str, list[int]], name: str) -> list[int]:
+    """Turn a preset name, '3,3,5,5,7' or a list into 5 positive ints."""
+    if isinstance(value, str):
+        if value in presets:
+            return list(presets[value])
+        try:
+            value = [int(v) for v in value.split(",")]
+        except ValueError:
+            raise ConfigError(
+                f"{name} must be 5 comma-separated integers or one of {', '.join(presets)}, got {value!r}"
+            ) from None
+    values = list(value)
+    if len(values) != 5 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values):
+        raise ConfigError(f"{name} needs 5 positive integers (one per block), got {values!r}")
+    return values
+
+
+def field_types(cls) -> dict[str, type]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _coerce(cls, name: str, value, source: str):
+    """Check a YAML/sweep value against the field's type; ints are accepted where floats are."""
+    kind = field_types(cls)[name]
+    if value is None:
+        if typing.get_origin(kind) is typing.Union and type(None) in typing.get_args(kind):
+            return None
+        raise ConfigError(f"{source}: {name} may not be empty")
+    if kind is bool or kind is int:
+        ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+    elif kind is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif kind in (str, str | None):
+        ok = isinstance(value, (str, int, float)) and not isinstance(value, bool)
+        value = str(value) if ok else value
+    else:
+        ok = isinstance(value, (str, list))
+    if not ok:
+        raise ConfigError(f"{source}: {name} must be {getattr(kind, '__name__', kind)}, got {value!r}")
+    return value
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of option: value, got {type(data).__name__}")
+    return data
+
+
+def build_config(cls, values: dict, source: str = "config"):
+    """Make a validated config from a plain mapping, refusing unknown keys by name."""
+    known = field_types(cls)
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"{source}: unknown option(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    config = cls(**{k: _coerce(cls, k, v, source) for k, v in values.items()})
+    config.validate()
+    return config
+
+
+def load_config(cls, path: str | Path | None = None, overrides: dict | None = None):
+    """Defaults <- YAML file <- its demo_overrides (when demo) <- explicit overrides."""
+    values = read_yaml(path) if path else {}
+    demo_values = values.pop(DEMO_SECTION, {}) or {}
+    overrides = dict(overrides or {})
+    if overrides.get("demo", values.get("demo", False)):
+        values.update(demo_values)
+    values.update(overrides)
+    return build_config(cls, values, source=str(path or "options"))
+
+
+def to_dict(config) -> dict:
+    return dataclasses.asdict(config)
+
+
+def save_config(config, path: Path) -> None:
+    with open(path, "w") as f:
+        yaml.safe_dump(to_dict(config), f, sort_keys=False)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls) -> None:
+    """One flag per config field; defaults stay None so only flags typed by the user override."""
+    for f in dataclasses.fields(cls):
+        kind = field_types(cls)[f.name]
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f.metadata.get("help", "")
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif kind in (int, float):
+            parser.add_argument(flag, type=kind, default=None, metavar=f.name.upper(), help=help_text)
+        else:
+            parser.add_argument(flag, type=str, default=None, metavar=f.name.upper(), help=help_text)
+
+
+def overrides_from_args(args: argparse.Namespace, cls) -> dict:
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}

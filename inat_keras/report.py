@@ -1,0 +1,83 @@
+"""Evaluate and predict from a saved checkpoint, outside any training run."""
+
+from __future__ import annotations
+
+import datetime
+import json
+from pathlib import Path
+
+import keras
+
+from .config import TrainConfig
+from .data import DataError, Split, list_images, make_dataset
+from .datasets import resolve_data_dir
+from .evaluate import evaluate_model, image_shape, top_k
+from .train import RUNS_DIR, SPLIT, write_json
+
+
+def load_checkpoint(path: str | Path) -> keras.Model:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"checkpoint not found: {path}")
+    if path.suffix != ".keras":
+        raise DataError(f"{path} is not a .keras model file (runs write model.keras)")
+    import keras_cv  # noqa: F401  (registers the backbone classes that fine-tuned models use)
+
+    return keras.models.load_model(path)
+
+
+def _saved_split(checkpoint: Path) -> dict | None:
+    split_file = checkpoint.parent / SPLIT
+    return json.loads(split_file.read_text()) if split_file.exists() else None
+
+
+def _data_root(checkpoint: Path, data_dir: str | None, demo: bool) -> Path:
+    if data_dir or demo:
+        return resolve_data_dir(data_dir, demo)
+    saved = _saved_split(checkpoint)
+    if saved is None:
+        raise DataError(f"no {SPLIT} beside {checkpoint}: pass --data-dir or --demo")
+    return Path(saved["root"])
+
+
+def class_names_for(checkpoint: Path, model: keras.Model, data_dir: str | None, demo: bool) -> list[str]:
+    saved = _saved_split(checkpoint)
+    if data_dir or demo or saved is None:
+        names = list_images(_data_root(checkpoint, data_dir, demo) / "train")[0]
+    else:
+        names = saved["class_names"]
+    outputs = model.output_shape[-1]
+    if len(names) != outputs:
+        raise DataError(f"the model predicts {outputs} classes but the dataset has {len(names)}: {', '.join(names)}")
+    return names
+
+
+def evaluate_checkpoint(checkpoint: str, data_dir: str | None, demo: bool, output_dir: str | None):
+    checkpoint = Path(checkpoint)
+    model = load_checkpoint(checkpoint)
+    class_names = class_names_for(checkpoint, model, data_dir, demo)
+    names, paths, labels = list_images(_data_root(checkpoint, data_dir, demo) / "val")
+    if names != class_names:
+        raise DataError(f"the test set's classes {names} differ from the model's {class_names}")
+    size, channels = image_shape(model)
+    out_dir = Path(output_dir) if output_dir else RUNS_DIR / f"evaluate-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise DataError(f"{out_dir} is not empty; choose a new --output-dir")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config = TrainConfig(image_size=size, batch_size=32, augment=False)
+    test = Split(paths, labels)
+    dataset = make_dataset(test, config, training=False, channels=channels)
+    metrics, _, _ = evaluate_model(model, test, dataset, class_names, out_dir)
+    metrics.update({"checkpoint": str(checkpoint), "params": int(model.count_params()), "backend": keras.backend.backend()})
+    write_json(out_dir / "metrics.json", metrics)
+    return out_dir, metrics
+
+
+def predict_images(checkpoint: str, images: list[str], data_dir: str | None, demo: bool, k: int = 3):
+    checkpoint = Path(checkpoint)
+    missing = [p for p in images if not Path(p).is_file()]
+    if missing:
+        raise DataError(f"image file(s) not found: {', '.join(missing)}")
+    model = load_checkpoint(checkpoint)
+    class_names = class_names_for(checkpoint, model, data_dir, demo)
+    return list(zip(images, top_k(model, images, class_names, k)))

@@ -1,0 +1,239 @@
+"""The thin training loop: one run folder, fit with callbacks in stages, evaluate the best checkpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import logging
+import math
+import os
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import keras
+import numpy as np
+
+from . import tracking
+from .callbacks import AtomicModelCheckpoint, EpochTimer, ResumableCSVLogger, read_history
+from .config import ConfigError, TrainConfig, save_config, to_dict
+from .data import Splits, load_splits, make_dataset, splits_from_record
+from .datasets import resolve_data_dir
+from .evaluate import evaluate_model
+
+log = logging.getLogger(__name__)
+
+RUNS_DIR = Path("runs")
+CHECKPOINT, HISTORY, METRICS, SPLIT, CONFIG, BACKUP = (
+    "model.keras", "history.csv", "metrics.json", "split.json", "config.yaml", "backup",
+)  # fmt: skip
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN; the run folder keeps what was written until then."""
+
+
+@dataclass
+class Stage:
+    """Epochs [start, stop) trained with one trainable set; `apply` sets the flags before compiling."""
+
+    start: int
+    stop: int
+    apply: Callable[[keras.Model], None] = lambda model: None
+    label: str = "all"
+
+
+def open_run_dir(output_dir: str | None, kind: str, config: TrainConfig) -> tuple[Path, bool]:
+    """A new folder per run; an existing one only if it is an interrupted run with the same config."""
+    if output_dir is None:
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        run_dir = RUNS_DIR / f"{kind}-{stamp}"
+        suffix = 1
+        while run_dir.exists():
+            suffix += 1
+            run_dir = RUNS_DIR / f"{kind}-{stamp}-{suffix}"
+    else:
+        run_dir = Path(output_dir)
+    if not run_dir.exists() or not any(run_dir.iterdir()):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return run_dir, False
+    if (run_dir / METRICS).exists():
+        raise ConfigError(f"{run_dir} holds a finished run ({METRICS}); choose a new --output-dir")
+    if not (run_dir / BACKUP).is_dir() or not (run_dir / CONFIG).exists():
+        raise ConfigError(f"{run_dir} is not empty and holds no interrupted run to resume; choose a new --output-dir")
+    saved = _read_yaml(run_dir / CONFIG)
+    current = to_dict(config)
+    ignore = {"output_dir", "wandb", "epochs", "early_stopping"}
+    changed = sorted(k for k in current if k not in ignore and saved.get(k) != current[k])
+    if changed:
+        raise ConfigError(
+            f"{run_dir} holds an interrupted run with other settings ({', '.join(changed)}); "
+            "resume it with the same options or choose a new --output-dir"
+        )
+    log.info("resuming the interrupted run in %s", run_dir)
+    return run_dir, True
+
+
+def _read_yaml(path: Path) -> dict:
+    import yaml
+
+    with open(path) as f:
+        return yaml.safe_load(f)
+
+
+def prepare_splits(config: TrainConfig, run_dir: Path, resuming: bool) -> Splits:
+    if resuming:
+        with open(run_dir / SPLIT) as f:
+            return splits_from_record(json.load(f))
+    root = resolve_data_dir(config.data_dir, config.demo)
+    splits = load_splits(root, config.val_fraction, config.seed)
+    with open(run_dir / SPLIT, "w") as f:
+        json.dump(splits.describe(), f, indent=1)
+    return splits
+
+
+def compile_model(model: keras.Model, config: TrainConfig) -> None:
+    """A fresh Adam per compile: Keras cannot recompile with an optimizer that saw other variables."""
+    model.compile(
+        optimizer=keras.optimizers.Adam(config.learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+
+
+def best_so_far(run_dir: Path) -> float | None:
+    values = [float(r["val_accuracy"]) for r in read_history(run_dir / HISTORY) if r.get("val_accuracy")]
+    return max(values) if values else None
+
+
+def resumed_epoch(run_dir: Path) -> int:
+    """The epoch BackupAndRestore will continue from (0 for a fresh run)."""
+    meta = run_dir / BACKUP / "training_metadata.json"
+    return json.loads(meta.read_text())["epoch"] if meta.exists() else 0
+
+
+def make_callbacks(config: TrainConfig, run_dir: Path, images_per_epoch: int, extra: list) -> tuple[list, EpochTimer]:
+    timer = EpochTimer(images_per_epoch)
+    callbacks = [
+        timer,
+        *extra,
+        keras.callbacks.TerminateOnNaN(),
+        AtomicModelCheckpoint(
+            run_dir / CHECKPOINT,
+            monitor="val_accuracy",
+            mode="max",
+            save_best_only=True,
+            initial_value_threshold=best_so_far(run_dir),
+        ),
+        ResumableCSVLogger(str(run_dir / HISTORY)),
+        keras.callbacks.BackupAndRestore(str(run_dir / BACKUP), double_checkpoint=True, delete_checkpoint=False),
+        tracking.MetricsLogger(),
+    ]
+    if config.early_stopping:
+        callbacks.append(
+            keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=config.early_stopping)
+        )
+    return callbacks, timer
+
+
+def run_training(
+    config: TrainConfig,
+    kind: str,
+    build_model: Callable[[int], keras.Model],
+    plan_stages: Callable[[keras.Model, TrainConfig], list[Stage]] | None = None,
+    extra_callbacks: Callable[[keras.Model], list] | None = None,
+    extra_metrics: Callable[[keras.Model, list[Stage]], dict] | None = None,
+) -> tuple[Path, dict]:
+    """Train in stages (one for scratch), then evaluate the best checkpoint on the test split."""
+    run_dir, resuming = open_run_dir(config.output_dir, kind, config)
+    config = dataclasses.replace(config, output_dir=str(run_dir))
+    keras.utils.set_random_seed(config.seed)
+    splits = prepare_splits(config, run_dir, resuming)
+    save_config(config, run_dir / CONFIG)
+    channels = getattr(config, "channels", 3)
+    train_ds = make_dataset(splits.train, config, training=True, channels=channels)
+    val_ds = make_dataset(splits.val, config, training=False, channels=channels)
+    test_ds = make_dataset(splits.test, config, training=False, channels=channels)
+
+    model = build_model(len(splits.class_names))
+    stages = plan_stages(model, config) if plan_stages else [Stage(0, config.epochs)]
+    run_id_file = run_dir / "wandb_id.txt"
+    wandb_run = tracking.start_run(
+        {**to_dict(config), "kind": kind, "backend": keras.backend.backend(), "classes": splits.class_names},
+        run_dir,
+        config.wandb,
+        config.wandb_project,
+        resume_id=run_id_file.read_text().strip() if resuming and run_id_file.exists() else None,
+    )
+    run_id_file.write_text(wandb_run.id)
+    callbacks, timer = make_callbacks(
+        config, run_dir, len(splits.train), extra_callbacks(model) if extra_callbacks else []
+    )
+    start = resumed_epoch(run_dir)
+    for stage in stages:
+        if stage.stop <= start:
+            continue
+        stage.apply(model)
+        compile_model(model, config)
+        log.info("stage %s: epochs %d-%d", stage.label, max(stage.start, start) + 1, stage.stop)
+        model.fit(train_ds, validation_data=val_ds, initial_epoch=stage.start, epochs=stage.stop, callbacks=callbacks)
+        if model.stop_training:
+            break
+    history = read_history(run_dir / HISTORY)
+    if any(not math.isfinite(float(r["loss"])) for r in history if r.get("loss") not in (None, "", "NA")):
+        wandb_run.finish(exit_code=1)
+        raise TrainingDiverged(f"the loss became NaN; see {run_dir / HISTORY}")
+    if not (run_dir / CHECKPOINT).exists():
+        wandb_run.finish(exit_code=1)
+        raise TrainingDiverged(f"no epoch produced a usable checkpoint; see {run_dir / HISTORY}")
+
+    best = keras.models.load_model(run_dir / CHECKPOINT)
+    metrics, pictures, _ = evaluate_model(best, splits.test, test_ds, splits.class_names, run_dir, config.seed)
+    seconds = timer.seconds or [float("nan")]
+    steady = seconds[1:] if len(seconds) > 1 else seconds
+    metrics.update(
+        {
+            "best_val_accuracy": best_so_far(run_dir),
+            "params": int(best.count_params()),
+            "trainable_params": int(sum(np.prod(w.shape) for w in best.trainable_weights)),
+            "train_images_per_second": len(splits.train) / statistics.median(steady),
+            "seconds_per_epoch": statistics.median(steady),
+            "first_epoch_seconds": seconds[0],
+            "epochs_run": len(history),
+            "backend": keras.backend.backend(),
+            "class_names": splits.class_names,
+            "train_images": len(splits.train),
+            "val_images": len(splits.val),
+            "skipped_images": len(splits.skipped),
+        }
+    )
+    if extra_metrics:
+        metrics.update(extra_metrics(model, stages))
+    write_json(run_dir / METRICS, metrics)
+    log_to_wandb(wandb_run, metrics, pictures)
+    wandb_run.finish()
+    _remove_backup(run_dir)
+    return run_dir, metrics
+
+
+def write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def log_to_wandb(run, metrics: dict, pictures: dict) -> None:
+    import wandb
+
+    flat = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    flat.update({f"test_accuracy/{k}": v for k, v in metrics["per_class_test_accuracy"].items() if v is not None})
+    run.summary.update(flat)
+    run.log({name: wandb.Image(str(path)) for name, path in pictures.items()})
+
+
+def _remove_backup(run_dir: Path) -> None:
+    import shutil
+
+    shutil.rmtree(run_dir / BACKUP, ignore_errors=True)
