@@ -10,9 +10,7 @@ from pathlib import Path
 
 from .config import ConfigError, FinetuneConfig, ScratchConfig, add_config_arguments, load_config, overrides_from_args
 from .data import DataError
-
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
-DEFAULT_CONFIG = {"scratch": CONFIGS / "scratch.yaml", "finetune": CONFIGS / "finetune.yaml"}
+from .kinds import KINDS
 
 
 def setup_backend() -> None:
@@ -25,34 +23,16 @@ def setup_backend() -> None:
 
 
 def resolve(cls, args) -> object:
-    path = args.config or (DEFAULT_CONFIG[args.command] if DEFAULT_CONFIG[args.command].exists() else None)
+    path = args.config or KINDS[args.command].default_config_path()
     return load_config(cls, path, overrides_from_args(args, cls))
 
 
 def cmd_scratch(args) -> None:
-    from .cnn import build_cnn
-    from .train import run_training
-
-    config = resolve(ScratchConfig, args)
-    run_dir, metrics = run_training(config, "scratch", lambda n: build_cnn(config, n))
-    print_summary(run_dir, metrics)
+    print_summary(*KINDS["scratch"].train(resolve(ScratchConfig, args)))
 
 
 def cmd_finetune(args) -> None:
-    from .efficientnet import build_finetune_model
-    from .strategies import plan_stages, stage_logger, schedule_metrics
-    from .train import run_training
-
-    config = resolve(FinetuneConfig, args)
-    run_dir, metrics = run_training(
-        config,
-        f"finetune-{config.strategy}",
-        lambda n: build_finetune_model(config, n),
-        plan_stages=plan_stages,
-        extra_callbacks=stage_logger,
-        extra_metrics=schedule_metrics,
-    )
-    print_summary(run_dir, metrics)
+    print_summary(*KINDS["finetune"].train(resolve(FinetuneConfig, args)))
 
 
 def cmd_info(args) -> None:

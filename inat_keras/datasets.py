@@ -54,9 +54,12 @@ def download(url: str, target: Path, chunk_bytes: int = 1 << 20, timeout: float 
             progress = keras.utils.Progbar(total or None, unit_name="byte")
             progress.update(have)
             with open(partial, "ab" if have else "wb") as f:
-                for chunk in response.iter_content(chunk_bytes):
-                    f.write(chunk)
-                    progress.add(len(chunk))
+                try:
+                    for chunk in response.iter_content(chunk_bytes):
+                        f.write(chunk)
+                        progress.add(len(chunk))
+                except requests.RequestException as err:
+                    raise DataError(f"download of {url} broke off ({err}); run again to resume") from err
     size = partial.stat().st_size
     if total and size != total:
         raise DataError(f"download of {url} stopped at {size} of {total} bytes; run again to resume")

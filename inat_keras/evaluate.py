@@ -102,7 +102,7 @@ def plot_predictions(images, labels, predicted, probabilities, class_names, path
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle("Test predictions (green: correct, red: wrong)")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.98))
     fig.savefig(path, dpi=80)
     plt.close(fig)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import netrc
 import os
 from pathlib import Path
@@ -12,6 +13,18 @@ import wandb
 from wandb.integration.keras import WandbMetricsLogger
 
 log = logging.getLogger(__name__)
+
+# Validation metrics logged under their plain Keras names (besides WandbMetricsLogger's "epoch/..."),
+# with the run summary holding the best epoch's value: what a sweep's `metric.name` must be.
+SWEEP_METRICS = {"val_accuracy": "maximize", "val_loss": "minimize"}
+
+
+def best_value(name: str, values) -> float | None:
+    """The best finite value of a sweep metric, in that metric's direction."""
+    finite = [float(v) for v in values if v not in (None, "") and math.isfinite(float(v))]
+    if not finite:
+        return None
+    return max(finite) if SWEEP_METRICS[name] == "maximize" else min(finite)
 
 
 def logged_in() -> bool:
@@ -36,6 +49,10 @@ def resolve_mode(mode: str) -> str:
 
 def start_run(config: dict, run_dir: Path, mode: str, project: str, group: str | None = None, resume_id: str | None = None):
     """One W&B run per training run, written inside the run folder (offline runs sync later)."""
+    if wandb.run is not None and wandb.run.sweep_id:
+        # A sweep agent started this run with the proposed config; a second init would end it.
+        wandb.run.config.update(config, allow_val_change=True)
+        return wandb.run
     mode = resolve_mode(mode)
     run = wandb.init(
         project=project,
@@ -55,7 +72,22 @@ def start_run(config: dict, run_dir: Path, mode: str, project: str, group: str |
 
 
 class MetricsLogger(WandbMetricsLogger):
-    """WandbMetricsLogger that also reads JAX learning rates (its own reader calls .numpy())."""
+    """WandbMetricsLogger that also logs SWEEP_METRICS by their plain names and reads JAX learning rates.
+
+    Its own logging prefixes every name with "epoch/", which no sweep metric would match.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for name in SWEEP_METRICS:
+            wandb.define_metric(name, step_metric="epoch/epoch")
+
+    def on_epoch_end(self, epoch, logs=None):
+        plain = {name: float(logs[name]) for name in SWEEP_METRICS if logs and name in logs}
+        best = {name: best_value(name, [wandb.run.summary.get(name), value]) for name, value in plain.items()}
+        wandb.log(plain, commit=False)
+        super().on_epoch_end(epoch, logs)
+        wandb.run.summary.update({name: value for name, value in best.items() if value is not None})
 
     def _get_lr(self):
         lr = self.model.optimizer.learning_rate

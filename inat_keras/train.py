@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import statistics
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -178,7 +179,15 @@ def run_training(
         stage.apply(model)
         compile_model(model, config)
         log.info("stage %s: epochs %d-%d", stage.label, max(stage.start, start) + 1, stage.stop)
-        model.fit(train_ds, validation_data=val_ds, initial_epoch=stage.start, epochs=stage.stop, callbacks=callbacks)
+        model.fit(
+            train_ds,
+            validation_data=val_ds,
+            initial_epoch=stage.start,
+            epochs=stage.stop,
+            callbacks=callbacks,
+            shuffle=False,  # the tf.data pipeline shuffles
+            verbose=1 if sys.stdout.isatty() else 2,
+        )
         if model.stop_training:
             break
     history = read_history(run_dir / HISTORY)

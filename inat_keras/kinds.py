@@ -1,0 +1,77 @@
+"""The kinds of training run: each has a config class, a default YAML and one training function.
+
+The CLI commands and the sweep trials both start runs through these functions, so that a
+sweep trial trains exactly what `run.py scratch` or `run.py finetune` would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .config import ConfigError, FinetuneConfig, ScratchConfig, TrainConfig
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def train_scratch(config: ScratchConfig) -> tuple[Path, dict]:
+    from .cnn import build_cnn
+    from .train import run_training
+
+    return run_training(config, "scratch", lambda n: build_cnn(config, n))
+
+
+def train_finetune(config: FinetuneConfig) -> tuple[Path, dict]:
+    from .efficientnet import build_finetune_model
+    from .strategies import plan_stages, schedule_metrics, stage_logger
+    from .train import run_training
+
+    return run_training(
+        config,
+        f"finetune-{config.strategy}",
+        lambda n: build_finetune_model(config, n),
+        plan_stages=plan_stages,
+        extra_callbacks=stage_logger,
+        extra_metrics=schedule_metrics,
+    )
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str
+    config_class: type
+    default_config: Path
+    train: Callable[[TrainConfig], tuple[Path, dict]]
+
+    def default_config_path(self) -> Path | None:
+        return self.default_config if self.default_config.exists() else None
+
+    def own_options(self) -> set[str]:
+        """Options that only this kind has (the shared training options excluded)."""
+        shared = {f.name for f in dataclasses.fields(TrainConfig)}
+        return {f.name for f in dataclasses.fields(self.config_class)} - shared
+
+
+KINDS = {
+    "scratch": Kind("scratch", ScratchConfig, CONFIGS / "scratch.yaml", train_scratch),
+    "finetune": Kind("finetune", FinetuneConfig, CONFIGS / "finetune.yaml", train_finetune),
+}
+
+
+def kind_of_options(names, source: str) -> Kind:
+    """The one kind whose own options appear among `names` (e.g. the parameters of a sweep)."""
+    names = set(names)
+    found = {kind.name: sorted(kind.own_options() & names) for kind in KINDS.values()}
+    found = {name: keys for name, keys in found.items() if keys}
+    if len(found) == 1:
+        return KINDS[next(iter(found))]
+    if found:
+        mixed = "; ".join(f"{name}: {', '.join(keys)}" for name, keys in found.items())
+        raise ConfigError(f"{source}: mixes options of different kinds of run ({mixed})")
+    examples = ", ".join(f"{kind.name}: {', '.join(sorted(kind.own_options())[:3])}" for kind in KINDS.values())
+    raise ConfigError(
+        f"{source}: cannot tell which model these options train; include at least one option of the model "
+        f"(a constant is enough, e.g. `strategy: {{value: gradual}}`); model options are {examples}, ..."
+    )

@@ -1,0 +1,58 @@
+"""Shared fixtures: tiny image folders, a private cache, W&B switched off, and a fast CNN config."""
+
+import os
+import tempfile
+
+_CACHE = tempfile.mkdtemp(prefix="inat-keras-test-cache-")
+os.environ["INAT_KERAS_CACHE"] = _CACHE  # before inat_keras.data reads it
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+CLASSES = ("cat", "dog", "owl")
+
+
+def write_image_folder(root: Path, per_class: dict, size=(40, 30), seed=0) -> Path:
+    """root/<split>/<class>/*.{jpg,png}: each class a distinct colour plus noise, so a model can learn it."""
+    rng = np.random.default_rng(seed)
+    for split, count in per_class.items():
+        for label, name in enumerate(CLASSES):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                base = np.zeros((size[1], size[0], 3))
+                base[..., label] = 200
+                pixels = np.clip(base + rng.normal(0, 25, base.shape), 0, 255).astype(np.uint8)
+                ext = "png" if i % 2 else "jpg"
+                Image.fromarray(pixels).save(folder / f"{name}_{i:03d}.{ext}")
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    return write_image_folder(tmp_path / "data", {"train": 10, "val": 4})
+
+
+def tiny_cnn_values() -> dict:
+    """Options for a CNN that trains in a second: 1x1 kernels allow 32x32 inputs."""
+    return {
+        "image_size": 32,
+        "filters": [4, 4, 4, 4, 4],
+        "kernel_sizes": [1, 1, 1, 1, 1],
+        "dense_units": 8,
+        "batch_size": 8,
+        "epochs": 2,
+        "learning_rate": 0.01,
+        "wandb": "disabled",
+    }
+
+
+@pytest.fixture
+def tiny_cnn_options() -> dict:
+    return tiny_cnn_values()

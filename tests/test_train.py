@@ -1,0 +1,129 @@
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from inat_keras.callbacks import read_history
+from inat_keras.cli import main
+from inat_keras.cnn import build_cnn
+from inat_keras.config import ConfigError, ScratchConfig, build_config
+from inat_keras.report import evaluate_checkpoint, predict_images
+from inat_keras.train import run_training
+
+
+def config_for(folder, out, **extra):
+    from conftest import tiny_cnn_values
+
+    return build_config(ScratchConfig, {**tiny_cnn_values(), "data_dir": str(folder), "output_dir": str(out), **extra})
+
+
+def train(config, extra_callbacks=None):
+    return run_training(config, "scratch", lambda n: build_cnn(config, n), extra_callbacks=extra_callbacks)
+
+
+def test_a_run_writes_every_output(image_folder, tmp_path):
+    run_dir, metrics = train(config_for(image_folder, tmp_path / "run"))
+    for name in ("config.yaml", "split.json", "model.keras", "history.csv", "metrics.json",
+                 "confusion_matrix.png", "predictions_grid.png"):
+        assert (run_dir / name).is_file(), name
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    assert saved == json.loads(json.dumps(metrics))
+    for key in ("test_accuracy", "test_loss", "best_val_accuracy", "params", "train_images_per_second",
+                "seconds_per_epoch", "backend", "per_class_test_accuracy"):
+        assert key in saved, key
+    assert saved["backend"] == keras.backend.backend()
+    assert set(saved["per_class_test_accuracy"]) == {"cat", "dog", "owl"}
+    assert saved["params"] == keras.models.load_model(run_dir / "model.keras").count_params()
+    history = read_history(run_dir / "history.csv")
+    assert [int(r["epoch"]) for r in history] == [0, 1]
+    assert saved["best_val_accuracy"] == pytest.approx(max(float(r["val_accuracy"]) for r in history))
+    split = json.loads((run_dir / "split.json").read_text())
+    assert len(split["train"]) + len(split["val"]) == 30 and len(split["test"]) == 12
+    assert not (run_dir / "backup").exists()
+
+
+def test_a_finished_run_is_never_overwritten(image_folder, tmp_path):
+    config = config_for(image_folder, tmp_path / "run", epochs=1)
+    train(config)
+    before = (tmp_path / "run" / "metrics.json").read_bytes()
+    with pytest.raises(ConfigError, match="finished run"):
+        train(config)
+    assert (tmp_path / "run" / "metrics.json").read_bytes() == before
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="no interrupted run"):
+        train(config_for(image_folder, tmp_path / "other"))
+
+
+class Interrupt(keras.callbacks.Callback):
+    def __init__(self, at_epoch):
+        super().__init__()
+        self.at_epoch = at_epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.at_epoch:
+            raise KeyboardInterrupt
+
+
+class Seen(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.epochs = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epochs.append(epoch)
+
+
+def test_an_interrupted_run_resumes_where_it_stopped(image_folder, tmp_path):
+    config = config_for(image_folder, tmp_path / "run", epochs=3)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, extra_callbacks=lambda model: [Interrupt(2)])
+    assert not (tmp_path / "run" / "metrics.json").exists()
+    assert [int(r["epoch"]) for r in read_history(tmp_path / "run" / "history.csv")] == [0, 1]
+    backup_weights = keras.models.load_model(tmp_path / "run" / "model.keras").get_weights()
+
+    changed = config_for(image_folder, tmp_path / "run", epochs=3, learning_rate=0.5)
+    with pytest.raises(ConfigError, match="learning_rate"):
+        train(changed)
+
+    seen = Seen()
+    run_dir, metrics = train(config, extra_callbacks=lambda model: [seen])
+    assert seen.epochs == [2]
+    assert [int(r["epoch"]) for r in read_history(run_dir / "history.csv")] == [0, 1, 2]
+    assert metrics["epochs_run"] == 3
+    assert len(backup_weights) == len(keras.models.load_model(run_dir / "model.keras").get_weights())
+
+
+def test_evaluate_and_predict_a_checkpoint(image_folder, tmp_path, capsys):
+    run_dir, metrics = train(config_for(image_folder, tmp_path / "run"))
+    out, again = evaluate_checkpoint(str(run_dir / "model.keras"), None, False, str(tmp_path / "eval"))
+    assert again["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
+    assert again["test_loss"] == pytest.approx(metrics["test_loss"], rel=1e-4)
+    assert (out / "confusion_matrix.png").is_file() and (out / "predictions_grid.png").is_file()
+    image = str(image_folder / "val" / "owl" / "owl_000.jpg")
+    [(path, ranked)] = predict_images(str(run_dir / "model.keras"), [image], None, False)
+    assert path == image and len(ranked) == 3
+    assert {name for name, _ in ranked} == {"cat", "dog", "owl"}
+    assert sum(p for _, p in ranked) == pytest.approx(1.0, abs=1e-5)
+    assert ranked[0][1] >= ranked[1][1] >= ranked[2][1]
+
+    assert main(["predict", "--checkpoint", str(run_dir / "model.keras"), image]) == 0
+    assert "owl" in capsys.readouterr().out
+    assert main(["predict", "--checkpoint", str(tmp_path / "none.keras"), image]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+
+
+def test_cli_refuses_bad_input_clearly(image_folder, tmp_path, capsys):
+    assert main(["scratch", "--data-dir", str(tmp_path / "missing"), "--wandb", "disabled"]) == 2
+    assert "data folder not found" in capsys.readouterr().err
+    assert main(["scratch", "--data-dir", str(image_folder), "--image-size", "50", "--wandb", "disabled",
+                 "--output-dir", str(tmp_path / "r")]) == 2
+    assert "smallest image size that works is 94" in capsys.readouterr().err
+
+
+def test_the_model_learns_the_tiny_dataset(image_folder, tmp_path):
+    config = config_for(image_folder, tmp_path / "run", epochs=12, batch_size=4, augment=False, filters="8,8,8,8,8")
+    _, metrics = train(config)
+    assert metrics["test_accuracy"] >= 0.9
+    assert np.isfinite(metrics["test_loss"])
