@@ -2,6 +2,9 @@
 
 import os
 
+from .jax_cpu import configure_xla_flags
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter hides our output
+configure_xla_flags()  # before JAX starts its CPU client
 
 __version__ = "0.1.0"

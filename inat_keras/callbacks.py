@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import os
 import time
+import warnings
 from pathlib import Path
 
 import keras
@@ -41,6 +42,22 @@ class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
         super().on_epoch_end(epoch, logs)
         if self.partial_path.exists():
             os.replace(self.partial_path, self.final_path)
+
+
+class StagedBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """BackupAndRestore for training in stages: one fit per stage, each compiled with a fresh Adam.
+
+    Every fit restores the backup, as Keras intends: the weights equal those in memory and the epoch
+    count continues. The saved Adam state is restored only where it fits the current trainable set:
+    after an interruption inside a stage it does; at a stage's first epoch it belongs to the previous
+    stage's trainable set, Keras skips it (the warning is expected, so it is silenced here), and the
+    stage starts with a fresh Adam, with or without an interruption.
+    """
+
+    def on_train_begin(self, logs=None):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+            super().on_train_begin(logs)
 
 
 class ResumableCSVLogger(keras.callbacks.CSVLogger):

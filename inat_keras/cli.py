@@ -58,6 +58,43 @@ def cmd_predict(args) -> None:
             print(f"  {name:<20} {probability:7.2%}")
 
 
+def cmd_sweep(args) -> None:
+    from .sweep import run_sweep
+    from .sweep_report import from_folder
+
+    overrides = {"data_dir": args.data_dir, "demo": args.demo or None, "epochs": args.epochs,
+                 "image_size": args.image_size}
+    mode, sweep_dir = run_sweep(args.config, args.count, overrides, args.output_dir, args.offline, args.sweep_id)
+    if mode == "local":
+        report_sweep(from_folder(sweep_dir), sweep_dir)
+
+
+def cmd_sweep_report(args) -> None:
+    from .sweep_report import load_sweep
+
+    record, out_dir = load_sweep(args.sweep, args.project)
+    report_sweep(record, Path(args.output_dir) if args.output_dir else out_dir)
+
+
+def report_sweep(record, out_dir: Path) -> None:
+    from .sweep_report import BEST_CONFIG, write_report
+
+    paths = write_report(record, out_dir)
+    print(f"outputs: {out_dir} (best config: {paths.get(BEST_CONFIG, 'none, no trial finished')})")
+
+
+def cmd_bench(args) -> None:
+    from .bench import BenchOptions, run_bench, summary, write_report
+
+    options = BenchOptions(args.model, args.image_size, args.batch_size, args.data_dir, args.steps, args.repeats,
+                           args.images, tuple(args.parts.split(",")))  # fmt: skip
+    report = run_bench(options)
+    print(summary(report))
+    if args.json:
+        write_report(report, args.json)
+        print(f"outputs: {args.json}")
+
+
 def print_summary(run_dir: Path, metrics: dict) -> None:
     keys = ("test_accuracy", "test_loss", "best_val_accuracy", "params", "train_images_per_second", "seconds_per_epoch")
     shown = {k: metrics[k] for k in keys if k in metrics}
@@ -100,6 +137,40 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--demo", action="store_true", help="take class names from the demo data")
     predict.add_argument("--top", type=int, default=3, help="how many classes to show")
     predict.set_defaults(func=cmd_predict)
+
+    sweep = commands.add_parser("sweep", help="hyperparameter sweep from a W&B sweep file (W&B agent or local search)")
+    sweep.add_argument("config", help="W&B sweep file, e.g. configs/sweep_scratch.yaml")
+    sweep.add_argument("--count", type=int, required=True, help="trials: in all for a local sweep, by this agent online")
+    data = sweep.add_mutually_exclusive_group()
+    data.add_argument("--data-dir", help="dataset folder (default: iNaturalist-12K, fetched when missing)")
+    data.add_argument("--demo", action="store_true", help="use the embedded demo data")
+    sweep.add_argument("--epochs", type=int, help="epochs per trial (default: the run's YAML)")
+    sweep.add_argument("--image-size", type=int, help="input size of every trial (default: the run's YAML)")
+    sweep.add_argument("--output-dir", help="sweep folder: new, or a local sweep to resume (default runs/sweep-<time>)")
+    sweep.add_argument("--offline", action="store_true", help="local search even when logged in to W&B")
+    sweep.add_argument("--sweep-id", help="join this W&B sweep (ID or ENTITY/PROJECT/ID) as one more agent")
+    sweep.set_defaults(func=cmd_sweep)
+
+    sweep_report = commands.add_parser("sweep-report", help="ranked trials, best config, parameter importance, plots")
+    sweep_report.add_argument("sweep", metavar="SWEEP_DIR_OR_ID", help="a local sweep folder or a W&B sweep id")
+    sweep_report.add_argument("--project", default="inat-keras", help="W&B project of a bare sweep id")
+    sweep_report.add_argument("--output-dir", help="where to write (default: the sweep folder, or runs/sweep-<id>)")
+    sweep_report.set_defaults(func=cmd_sweep_report)
+
+    from .bench import MODELS, PARTS
+
+    bench = commands.add_parser("bench", help="training, inference, input-pipeline and epoch speed on the active backend")
+    bench.add_argument("--model", choices=MODELS, default="cnn",
+                       help="cnn: 64x5 3x3 ReLU; cnn-best: configs/scratch_best.yaml; efficientnet: V2-S, random weights")
+    bench.add_argument("--image-size", type=int, default=224, help="square input size in pixels")
+    bench.add_argument("--batch-size", type=int, default=32, help="images per step")
+    bench.add_argument("--data-dir", help="dataset folder of JPEGs (default: photo-like JPEGs made once in the cache)")
+    bench.add_argument("--steps", type=int, default=5, help="steps per timed repeat")
+    bench.add_argument("--repeats", type=int, default=3, help="timed repeats; the median is reported")
+    bench.add_argument("--images", type=int, default=320, help="size of the generated folder (without --data-dir)")
+    bench.add_argument("--parts", default=",".join(PARTS), help="comma-separated subset to measure")
+    bench.add_argument("--json", help="also write every figure to this JSON file")
+    bench.set_defaults(func=cmd_bench)
     return parser
 
 

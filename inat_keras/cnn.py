@@ -10,6 +10,7 @@ import keras
 from keras import layers
 
 from .config import ConfigError, ScratchConfig
+from .jax_layers import Activation, BlockMaxPooling2D
 
 
 def activation_layer(name: str, layer_name: str) -> keras.layers.Layer:
@@ -18,7 +19,7 @@ def activation_layer(name: str, layer_name: str) -> keras.layers.Layer:
         return layers.LeakyReLU(negative_slope=0.01, name=layer_name)
     if name == "parametric_relu":
         return layers.PReLU(shared_axes=[1, 2] if layer_name.startswith("block") else None, name=layer_name)
-    return layers.Activation(name, name=layer_name)
+    return Activation(name, name=layer_name)
 
 
 def spatial_sizes(image_size: int, kernel_sizes: list[int]) -> list[int]:
@@ -61,7 +62,7 @@ def build_cnn(config: ScratchConfig, num_classes: int) -> keras.Model:
         x = activation_layer(config.activation, f"block{i}_act")(x)
         if config.dropout:
             x = layers.Dropout(config.dropout, name=f"block{i}_dropout")(x)
-        x = layers.MaxPooling2D(2, name=f"block{i}_pool")(x)
+        x = BlockMaxPooling2D(2, name=f"block{i}_pool")(x)
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dense(config.dense_units, name="dense")(x)
     if config.batch_norm:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,10 @@ KERNEL_PRESETS = {
     "increasing": [1, 3, 3, 5, 5],
 }
 STRATEGIES = ("full", "head", "last_k", "gradual")
+# EfficientNetV2-S downsamples by 32 and keras.applications, the source of its ImageNet weights, refuses
+# smaller inputs (keras-cv's backbone itself computes at any size; measured down to 1 pixel).
+EFFICIENTNET_MIN_IMAGE_SIZE = 32
+EFFICIENTNET_BLOCKS = 40  # keras-cv's V2-S sub-blocks block1a_ .. block6o_ (strategies.py checks the model has them)
 DEMO_SECTION = "demo_overrides"
 
 
@@ -55,7 +60,7 @@ class TrainConfig:
     rotation: float = _doc("max random rotation as a fraction of a full turn (0 disables)", default=0.05)
     zoom: float = _doc("max random zoom as a fraction of the size (0 disables)", default=0.1)
     color_jitter: float = _doc("max brightness/contrast/saturation change (0 disables)", default=0.1)
-    val_fraction: float = _doc("fraction of train/ held out for validation, stratified", default=0.2)
+    val_fraction: float = _doc("fraction of train/ held out for validation, stratified (0: train on all, keep the last epoch)", default=0.2)
     batch_size: int = _doc("images per training step", default=32)
     epochs: int = _doc("training epochs", default=10)
     learning_rate: float = _doc("Adam learning rate", default=1e-4)
@@ -70,8 +75,12 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ConfigError(f"val_fraction must be between 0 and 1 (exclusive), got {self.val_fraction}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(
+                f"val_fraction must be in [0, 1) (0 trains on all of train/ and keeps the last epoch), got {self.val_fraction}"
+            )
+        if self.val_fraction == 0 and self.early_stopping:
+            raise ConfigError("early_stopping watches val_accuracy: it needs val_fraction > 0")
         if self.learning_rate <= 0:
             raise ConfigError(f"learning_rate must be positive, got {self.learning_rate}")
         for name in ("rotation", "zoom", "color_jitter"):
@@ -133,6 +142,17 @@ class FinetuneConfig(TrainConfig):
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0.0 <= self.head_dropout < 1.0:
             raise ConfigError(f"head_dropout must be in [0, 1), got {self.head_dropout}")
+        if self.k > EFFICIENTNET_BLOCKS:
+            raise ConfigError(
+                f"k must be at most {EFFICIENTNET_BLOCKS} (EfficientNetV2-S has {EFFICIENTNET_BLOCKS} blocks), "
+                f"got {self.k}"
+            )
+        if self.image_size < EFFICIENTNET_MIN_IMAGE_SIZE:
+            raise ConfigError(
+                f"image_size {self.image_size} is too small for EfficientNetV2-S: the smallest image size that "
+                f"works is {EFFICIENTNET_MIN_IMAGE_SIZE} (the network downsamples by 32, and keras.applications, "
+                "whose ImageNet weights it uses, refuses smaller inputs)"
+            )
 
 
 def resolve_blocks(value, presets: dict[str, list[int]], name: str) -> list[int]:
@@ -152,6 +172,7 @@ def resolve_blocks(value, presets: dict[str, list[int]], name: str) -> list[int]
     return values
 
 
+@functools.cache
 def field_types(cls) -> dict[str, type]:
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
@@ -161,7 +182,7 @@ def _coerce(cls, name: str, value, source: str):
     """Check a YAML/sweep value against the field's type; ints are accepted where floats are."""
     kind = field_types(cls)[name]
     if value is None:
-        if typing.get_origin(kind) is typing.Union and type(None) in typing.get_args(kind):
+        if type(None) in typing.get_args(kind):
             return None
         raise ConfigError(f"{source}: {name} may not be empty")
     if kind is bool or kind is int:

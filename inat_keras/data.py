@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,10 @@ log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 TRAIN_DIR, TEST_DIR = "train", "val"
 CACHE_HOME = Path(os.environ.get("INAT_KERAS_CACHE", Path.home() / ".cache" / "inat_keras"))
+CACHE_MODES = ("auto", "memory", "disk")
+MEMORY_FRACTION = 0.25  # of the available memory, per split (a run caches train, validation and test)
+DECODER = "jpeg-ratio-1"  # in every disk-cache key: decoding differently must not reuse old images
+JPEG_RATIOS = (1, 2, 4, 8)  # the scalings libjpeg decodes to directly
 
 
 class DataError(ValueError):
@@ -138,7 +143,7 @@ def _drop(paths, labels, bad_paths):
 
 
 def load_splits(root: Path, val_fraction: float, seed: int) -> Splits:
-    """train/ -> stratified train/validation; val/ is the test set and only the test set."""
+    """train/ -> stratified train/validation (none when val_fraction is 0); val/ is only the test set."""
     class_names, train_paths, train_labels = list_images(root / TRAIN_DIR)
     test_names, test_paths, test_labels = list_images(root / TEST_DIR)
     if test_names != class_names:
@@ -158,9 +163,12 @@ def load_splits(root: Path, val_fraction: float, seed: int) -> Splits:
     if counts.min() < 2:
         empty = [class_names[i] for i in np.flatnonzero(counts < 2)]
         raise DataError(f"{root / TRAIN_DIR}: class(es) {', '.join(empty)} have fewer than 2 readable images")
-    fit_paths, val_paths, fit_labels, val_labels = train_test_split(
-        train_paths, train_labels, test_size=val_fraction, stratify=train_labels, random_state=seed
-    )
+    if val_fraction:
+        fit_paths, val_paths, fit_labels, val_labels = train_test_split(
+            train_paths, train_labels, test_size=val_fraction, stratify=train_labels, random_state=seed
+        )
+    else:  # retraining a chosen configuration on all of train/
+        fit_paths, val_paths, fit_labels, val_labels = train_paths, [], train_labels, []
     return Splits(
         root=root,
         class_names=class_names,
@@ -186,14 +194,102 @@ def splits_from_record(record: dict) -> Splits:
     return Splits(root, names, part(record["train"]), part(record["val"]), part(record["test"]), [])
 
 
+def jpeg_ratio_index(contents: tf.Tensor, image_size: int) -> tf.Tensor:
+    """Index into JPEG_RATIOS of the largest ratio that still decodes both sides to >= image_size.
+
+    Decoding at 1/r costs about 1/r^2 of a full decode; the antialiased resize that follows sees
+    nearly the same picture (libjpeg's scaled IDCT averages the pixels it drops).
+    """
+    height, width = tf.unstack(tf.image.extract_jpeg_shape(contents)[:2])
+    short = tf.minimum(height, width)
+    return tf.add_n([tf.cast(short // r >= image_size, tf.int32) for r in JPEG_RATIOS[1:]])
+
+
+def decode_rgb(contents: tf.Tensor, image_size: int) -> tf.Tensor:
+    """JPEGs at the reduced ratio their size allows, any other format (PNG, GIF, BMP) in full."""
+
+    def jpeg():
+        branches = [lambda r=r: tf.io.decode_jpeg(contents, channels=3, ratio=r) for r in JPEG_RATIOS]
+        return tf.switch_case(jpeg_ratio_index(contents, image_size), branches)
+
+    def other():
+        return tf.io.decode_image(contents, channels=3, expand_animations=False)
+
+    image = tf.cond(tf.io.is_jpeg(contents), jpeg, other)
+    image.set_shape([None, None, 3])
+    return image
+
+
 def decode_resize(path: tf.Tensor, image_size: int, channels: int) -> tf.Tensor:
     """Any JPEG/PNG (grayscale, CMYK, alpha) -> RGB or gray, squashed to image_size, uint8."""
-    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-    image.set_shape([None, None, 3])
+    image = decode_rgb(tf.io.read_file(path), image_size)
     if channels == 1:
         image = tf.image.rgb_to_grayscale(image)
     image = tf.image.resize(image, (image_size, image_size), antialias=True)
     return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+
+
+def available_memory() -> int:
+    """Bytes the system can still give (MemAvailable on Linux; half the physical memory elsewhere)."""
+    try:
+        with open("/proc/meminfo") as f:
+            fields = dict(line.split(":", 1) for line in f)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+
+
+def cache_key(split: Split, image_size: int, channels: int) -> str:
+    """Names one split's decoded images: decoder, size, channels, and every file's path, label, size and mtime."""
+    digest = hashlib.sha1(f"{DECODER}|{image_size}|{channels}".encode())
+    for path, label in zip(split.paths, split.labels):
+        digest.update(f"\n{label}|{_scan_key(path)}".encode())
+    return f"{image_size}x{image_size}x{channels}-{digest.hexdigest()[:20]}"
+
+
+def _remove_abandoned(folder: Path) -> None:
+    """Partial caches of processes that no longer run: they stopped before finishing."""
+    for partial in folder.parent.glob(f"{folder.name}.partial-*"):
+        try:
+            os.kill(int(partial.name.rsplit("-", 1)[1]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(partial, ignore_errors=True)
+        except (ValueError, PermissionError):
+            pass
+
+
+def fill_disk_cache(decoded: tf.data.Dataset, folder: Path) -> str:
+    """Write the decoded split once and return the cache's file prefix.
+
+    The cache is written into a private folder that is renamed to `folder` only after the last image,
+    so `folder` exists only complete: an interrupted fill is never read back, and the next run refills.
+    """
+    prefix = str(folder / "images")
+    if folder.is_dir():
+        return prefix
+    _remove_abandoned(folder)
+    partial = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    log.info("decoding %s once into the disk cache", folder.name)
+    decoded.cache(str(partial / "images")).reduce(np.int64(0), lambda n, _: n + 1)
+    try:
+        os.rename(partial, folder)
+    except OSError:  # another process finished the same cache first
+        shutil.rmtree(partial, ignore_errors=True)
+    return prefix
+
+
+def cache_decoded(decoded: tf.data.Dataset, split: Split, image_size: int, channels: int, mode: str) -> tf.data.Dataset:
+    """Keep the resized images after their first decode: in memory if they fit, else on disk."""
+    if mode not in CACHE_MODES:
+        raise ValueError(f"cache must be one of {', '.join(CACHE_MODES)}, got {mode!r}")
+    if mode == "auto":
+        needed = len(split) * image_size * image_size * channels
+        mode = "memory" if needed <= MEMORY_FRACTION * available_memory() else "disk"
+    if mode == "memory":
+        return decoded.cache()
+    return decoded.cache(fill_disk_cache(decoded, CACHE_HOME / "decoded" / cache_key(split, image_size, channels)))
 
 
 def augmenter(config: TrainConfig) -> keras.layers.Pipeline | None:
@@ -223,12 +319,14 @@ def make_dataset(
     config: TrainConfig,
     training: bool,
     channels: int = 3,
+    cache: str = "auto",
 ) -> tf.data.Dataset:
-    """Decode in parallel, cache the resized images, then shuffle/augment (training only), batch, prefetch."""
+    """Decode in parallel and cache the resized images (`cache`: auto, memory or disk), so that later
+    epochs decode nothing; then shuffle and augment (training only, fresh every epoch), batch, prefetch."""
     ds = tf.data.Dataset.from_tensor_slices((split.paths, np.asarray(split.labels, dtype="int32")))
     size = config.image_size
     ds = ds.map(lambda p, y: (decode_resize(p, size, channels), y), num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.cache()
+    ds = cache_decoded(ds, split, size, channels, cache)
     if training:
         ds = ds.shuffle(len(split), seed=config.seed, reshuffle_each_iteration=True)
     ds = ds.batch(config.batch_size)

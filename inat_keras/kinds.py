@@ -23,6 +23,22 @@ def train_scratch(config: ScratchConfig) -> tuple[Path, dict]:
     return run_training(config, "scratch", lambda n: build_cnn(config, n))
 
 
+def check_scratch(config: ScratchConfig) -> None:
+    """Options that validate one by one can still clash: the image must fit the kernels."""
+    from .cnn import check_geometry
+
+    check_geometry(config.image_size, config.kernel_sizes)
+
+
+def scratch_image_size(choices: dict, base: dict) -> int:
+    """The smallest image size at which every kernel option of a sweep builds a model."""
+    from .cnn import min_image_size
+    from .config import KERNEL_PRESETS, resolve_blocks
+
+    kernels = choices.get("kernel_sizes", [base["kernel_sizes"]])
+    return max(min_image_size(resolve_blocks(k, KERNEL_PRESETS, "kernel_sizes")) for k in kernels)
+
+
 def train_finetune(config: FinetuneConfig) -> tuple[Path, dict]:
     from .efficientnet import build_finetune_model
     from .strategies import plan_stages, schedule_metrics, stage_logger
@@ -44,6 +60,8 @@ class Kind:
     config_class: type
     default_config: Path
     train: Callable[[TrainConfig], tuple[Path, dict]]
+    check: Callable[[TrainConfig], None] = lambda config: None  # raises ConfigError for a model it cannot build
+    min_image_size: Callable[[dict, dict], int] = lambda choices, base: 1  # for a sweep's choices and base options
 
     def default_config_path(self) -> Path | None:
         return self.default_config if self.default_config.exists() else None
@@ -55,7 +73,9 @@ class Kind:
 
 
 KINDS = {
-    "scratch": Kind("scratch", ScratchConfig, CONFIGS / "scratch.yaml", train_scratch),
+    "scratch": Kind(
+        "scratch", ScratchConfig, CONFIGS / "scratch.yaml", train_scratch, check_scratch, scratch_image_size
+    ),
     "finetune": Kind("finetune", FinetuneConfig, CONFIGS / "finetune.yaml", train_finetune),
 }
 

@@ -23,7 +23,9 @@ def load_checkpoint(path: str | Path) -> keras.Model:
         raise DataError(f"{path} is not a .keras model file (runs write model.keras)")
     import keras_cv  # noqa: F401  (registers the backbone classes that fine-tuned models use)
 
-    return keras.models.load_model(path)
+    from . import jax_layers  # noqa: F401  (registers the layer classes that the CNN uses)
+
+    return keras.models.load_model(path, compile=False)  # inference only; skips the training optimizer
 
 
 def _saved_split(checkpoint: Path) -> dict | None:

@@ -7,9 +7,12 @@ finished ones, and `trials.json` in the sweep folder records every trial, so a k
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import datetime
+import functools
+import itertools
 import json
 import logging
 import math
@@ -46,7 +49,7 @@ COMMAND_OPTIONS = {
 # Distributions whose bounds are values (or natural-log exponents of values) that validation can check.
 BOUNDED = ("uniform", "int_uniform", "q_uniform", "log_uniform_values", "q_log_uniform_values")
 LOG_EXPONENT = ("log_uniform", "q_log_uniform")
-RUN_STATES = {"running": sweeps.RunState.running, "finished": sweeps.RunState.finished, "failed": sweeps.RunState.failed}
+RUN_STATES = {state: sweeps.RunState[state] for state in ("running", "finished", "failed")}
 
 
 @dataclass
@@ -125,12 +128,13 @@ def check_sweep_file(sweep: dict, source: str) -> Kind:
     parameters = sweep.get("parameters")
     if not isinstance(parameters, dict) or not parameters:
         raise ConfigError(f"{source}: parameters must be a non-empty mapping of option: {{values: [...]}}")
-    known = set().union(*(f.name for f in dataclasses.fields(k.config_class)) for k in KINDS.values())
+    known = {f.name for k in KINDS.values() for f in dataclasses.fields(k.config_class)}
     for name in parameters:
         if name in COMMAND_OPTIONS:
             raise ConfigError(f"{source}: parameters.{name} is not sweepable: {COMMAND_OPTIONS[name]}")
         if name not in known:
-            raise ConfigError(f"{source}: parameters.{name} is not an option of any run; options: {', '.join(sorted(known))}")
+            options = ", ".join(sorted(known))
+            raise ConfigError(f"{source}: parameters.{name} is not an option of any run; options: {options}")
     kind = kind_of_options(parameters, f"{source}: parameters")
     if method == "grid":
         for name, spec in parameters.items():
@@ -149,16 +153,68 @@ def load_plan(path: str | Path, overrides: dict | None = None) -> SweepPlan:
     kind = check_sweep_file(sweep, source)
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     base = to_dict(load_config(kind.config_class, kind.default_config_path(), overrides))
+    base = {k: v for k, v in base.items() if v is not None}  # unset paths stay unset
+    if base["demo"] and "image_size" not in overrides and "image_size" not in sweep["parameters"]:
+        fit_demo_image_size(sweep, kind, base, source)
     for name, spec in sweep["parameters"].items():
         values = parameter_values(name, spec, source)
         if name in overrides and len(values) > 1:
             raise ConfigError(f"{source}: parameters.{name} is swept; drop the command-line option for it")
         for value in values:
             try:
-                build_config(kind.config_class, {**base, name: value}, source=f"{source}: parameters.{name}")
+                build_config(kind.config_class, {**base, name: value}, source=f"value {value!r}")
             except ConfigError as err:
-                raise ConfigError(f"{source}: parameters.{name}: value {value!r} is refused: {err}") from None
-    return SweepPlan(source, sweep, kind, base, overrides)
+                raise ConfigError(f"{source}: parameters.{name}: {err}") from None
+    plan = SweepPlan(source, sweep, kind, base, overrides)
+    check_combinations(plan)
+    return plan
+
+
+def fit_demo_image_size(sweep: dict, kind: Kind, base: dict, source: str) -> None:
+    """Demo images are small; raise their size so that every swept architecture fits (--image-size wins)."""
+    choices = {name: parameter_values(name, spec, source) for name, spec in sweep["parameters"].items()}
+    needed = kind.min_image_size(choices, base)
+    if needed > base["image_size"]:
+        log.warning(
+            "demo sweep: image size %d -> %d so that every kernel option fits (pass --image-size to choose)",
+            base["image_size"], needed,
+        )
+        base["image_size"] = needed
+
+
+def check_combinations(plan: SweepPlan, samples: int = 256) -> None:
+    """Values valid one by one can still clash (an image too small for the kernels): try combinations.
+
+    Refuses a space where no tried combination builds a model; warns about values that never do.
+    """
+    choices = {name: parameter_values(name, spec, plan.source) for name, spec in plan.sweep["parameters"].items()}
+    if math.prod(len(values) for values in choices.values()) <= samples:
+        combinations = itertools.product(*choices.values())
+    else:
+        rng = random.Random(0)
+        combinations = (tuple(rng.choice(values) for values in choices.values()) for _ in range(samples))
+    reference = build_config(plan.kind.config_class, plan.trial_values({}), source=plan.source)
+    tried, failed, reasons = collections.Counter(), collections.Counter(), {}
+    for combination in combinations:
+        params = dict(zip(choices, combination))
+        config = dataclasses.replace(reference, **{k: v for k, v in params.items() if k not in plan.overrides})
+        try:  # each value passed build_config's type checks above; validate() resolves presets
+            config.validate()
+            plan.kind.check(config)
+            error = None
+        except ConfigError as err:
+            error = err
+        for name, value in params.items():
+            tried[name, repr(value)] += 1
+            failed[name, repr(value)] += error is not None
+            reasons.setdefault((name, repr(value)), error)
+    if all(failed[key] == tried[key] for key in tried):
+        example = next(iter(reasons.values()))
+        raise ConfigError(f"{plan.source}: no combination of the parameters makes a model, e.g. {example}")
+    for name, values in choices.items():
+        for key in ((name, repr(value)) for value in values):
+            if len(values) > 1 and tried[key] and failed[key] == tried[key]:
+                log.warning("%s: parameters.%s: trials with %s will fail: %s", plan.source, *key, reasons[key])
 
 
 def plain(value):
@@ -194,7 +250,8 @@ def sweep_runs(trials: list[dict]) -> list:
 
 def propose(sweep: dict, trials: list[dict], seed: int) -> dict | None:
     """The next parameters from the sweep's method and the trials so far (None: a grid is exhausted)."""
-    with seeded(seed):
+    with seeded(seed), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the Gaussian process's convergence notes on few, similar trials
         run = sweeps.next_run(sweep, sweep_runs(trials))
     return None if run is None else {name: plain(spec["value"]) for name, spec in run.config.items()}
 
@@ -217,7 +274,8 @@ def open_sweep_dir(plan: SweepPlan, sweep_dir: Path) -> dict:
     if (sweep_dir / TRIALS_FILE).exists():
         state = read_trials(sweep_dir)
         changed = [k for k in ("kind", "metric", "sweep") if state.get(k) != setup[k]]
-        changed += sorted(k for k in setup["base"] if state["base"].get(k) != setup["base"][k])
+        options = set(setup["base"]) | set(state["base"])
+        changed += sorted(k for k in options if state["base"].get(k) != setup["base"].get(k))
         if changed:
             raise ConfigError(
                 f"{sweep_dir} holds a sweep with other settings ({', '.join(changed)}); "
@@ -235,20 +293,6 @@ def save_trials(sweep_dir: Path, state: dict) -> None:
     from .train import write_json
 
     write_json(sweep_dir / TRIALS_FILE, state)
-
-
-@contextlib.contextmanager
-def wandb_group(group: str):
-    """Put the trials' W&B runs in one group (W&B reads WANDB_RUN_GROUP when init gets no group)."""
-    previous = os.environ.get("WANDB_RUN_GROUP")
-    os.environ["WANDB_RUN_GROUP"] = group
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop("WANDB_RUN_GROUP", None)
-        else:
-            os.environ["WANDB_RUN_GROUP"] = previous
 
 
 def trial_result(run_dir: Path) -> dict:
@@ -278,14 +322,15 @@ def run_trial(plan: SweepPlan, sweep_dir: Path, trial: dict, mode: str) -> None:
         shutil.rmtree(run_dir)  # interrupted before its first epoch ended: nothing to resume
     try:
         if not (run_dir / METRICS).exists():  # else it finished before its record was written
-            with wandb_group(sweep_dir.name):
+            with tracking.grouped(sweep_dir.name):
                 plan.kind.train(plan.trial_config(trial["config"], run_dir, mode))
         trial.update(state="finished", **trial_result(run_dir))
         trial["metric"] = trial["summary"][plan.metric]
     except DataError:
         raise
     except Exception as err:  # a trial's own failure (NaN loss, a combination the model refuses, ...)
-        log.warning("%s failed: %s", trial["name"], err, exc_info=not isinstance(err, ConfigError))
+        if not isinstance(err, ConfigError):
+            log.warning("%s failed", trial["name"], exc_info=True)
         trial.update(state="failed", reason=f"{type(err).__name__}: {err}", metric=None)
     finally:
         keras.backend.clear_session()
@@ -368,7 +413,8 @@ def run_online(plan: SweepPlan, sweep_dir: Path, count: int, sweep_id: str | Non
     print(f"sweep URL: {sweep_url(sweep_id, plan.project, entity)}")
     print(f"more agents: python run.py sweep {plan.source} --count N --sweep-id {sweep_id}")
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    wandb.agent(sweep_id, function=lambda: agent_trial(plan, sweep_dir), entity=entity, project=plan.project, count=count)
+    trial = functools.partial(agent_trial, plan, sweep_dir)
+    wandb.agent(sweep_id, function=trial, entity=entity, project=plan.project, count=count)
     return sweep_id
 
 

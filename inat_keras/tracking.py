@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import math
 import netrc
@@ -17,6 +19,7 @@ log = logging.getLogger(__name__)
 # Validation metrics logged under their plain Keras names (besides WandbMetricsLogger's "epoch/..."),
 # with the run summary holding the best epoch's value: what a sweep's `metric.name` must be.
 SWEEP_METRICS = {"val_accuracy": "maximize", "val_loss": "minimize"}
+_group = contextvars.ContextVar("wandb_group", default=None)
 
 
 def best_value(name: str, values) -> float | None:
@@ -47,11 +50,21 @@ def resolve_mode(mode: str) -> str:
     return mode
 
 
+@contextlib.contextmanager
+def grouped(name: str):
+    """Runs started inside join one W&B group (a sweep's trials); W&B reads WANDB_RUN_GROUP only once."""
+    token = _group.set(name)
+    try:
+        yield
+    finally:
+        _group.reset(token)
+
+
 def start_run(config: dict, run_dir: Path, mode: str, project: str, group: str | None = None, resume_id: str | None = None):
     """One W&B run per training run, written inside the run folder (offline runs sync later)."""
     if wandb.run is not None and wandb.run.sweep_id:
-        # A sweep agent started this run with the proposed config; a second init would end it.
-        wandb.run.config.update(config, allow_val_change=True)
+        # A sweep agent started this run with the proposal (its keys are locked); a second init would end it.
+        wandb.run.config.update({k: v for k, v in config.items() if k not in wandb.run.config})
         return wandb.run
     mode = resolve_mode(mode)
     run = wandb.init(
@@ -59,7 +72,7 @@ def start_run(config: dict, run_dir: Path, mode: str, project: str, group: str |
         mode=mode,
         dir=str(run_dir),
         name=run_dir.name,
-        group=group,
+        group=group or _group.get(),
         config=config,
         id=resume_id,
         resume="allow" if resume_id else None,

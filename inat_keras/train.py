@@ -18,7 +18,7 @@ import keras
 import numpy as np
 
 from . import tracking
-from .callbacks import AtomicModelCheckpoint, EpochTimer, ResumableCSVLogger, read_history
+from .callbacks import AtomicModelCheckpoint, EpochTimer, ResumableCSVLogger, StagedBackupAndRestore, read_history
 from .config import ConfigError, TrainConfig, save_config, to_dict
 from .data import Splits, load_splits, make_dataset, splits_from_record
 from .datasets import resolve_data_dir
@@ -105,7 +105,7 @@ def compile_model(model: keras.Model, config: TrainConfig) -> None:
 
 
 def best_so_far(run_dir: Path) -> float | None:
-    values = [float(r["val_accuracy"]) for r in read_history(run_dir / HISTORY) if r.get("val_accuracy")]
+    values = [float(r["val_accuracy"]) for r in read_history(run_dir / HISTORY) if r.get("val_accuracy") not in (None, "", "NA")]
     return max(values) if values else None
 
 
@@ -116,20 +116,22 @@ def resumed_epoch(run_dir: Path) -> int:
 
 
 def make_callbacks(config: TrainConfig, run_dir: Path, images_per_epoch: int, extra: list) -> tuple[list, EpochTimer]:
+    """Best checkpoint on val_accuracy; without a validation split, the last epoch's model."""
     timer = EpochTimer(images_per_epoch)
+    validated = config.val_fraction > 0
     callbacks = [
         timer,
         *extra,
         keras.callbacks.TerminateOnNaN(),
         AtomicModelCheckpoint(
             run_dir / CHECKPOINT,
-            monitor="val_accuracy",
-            mode="max",
-            save_best_only=True,
-            initial_value_threshold=best_so_far(run_dir),
+            monitor="val_accuracy" if validated else "loss",
+            mode="max" if validated else "min",
+            save_best_only=validated,
+            initial_value_threshold=best_so_far(run_dir) if validated else None,
         ),
         ResumableCSVLogger(str(run_dir / HISTORY)),
-        keras.callbacks.BackupAndRestore(str(run_dir / BACKUP), double_checkpoint=True, delete_checkpoint=False),
+        StagedBackupAndRestore(str(run_dir / BACKUP), double_checkpoint=True, delete_checkpoint=False),
         tracking.MetricsLogger(),
     ]
     if config.early_stopping:
@@ -155,7 +157,7 @@ def run_training(
     save_config(config, run_dir / CONFIG)
     channels = getattr(config, "channels", 3)
     train_ds = make_dataset(splits.train, config, training=True, channels=channels)
-    val_ds = make_dataset(splits.val, config, training=False, channels=channels)
+    val_ds = make_dataset(splits.val, config, training=False, channels=channels) if len(splits.val) else None
     test_ds = make_dataset(splits.test, config, training=False, channels=channels)
 
     model = build_model(len(splits.class_names))
@@ -198,7 +200,8 @@ def run_training(
         wandb_run.finish(exit_code=1)
         raise TrainingDiverged(f"no epoch produced a usable checkpoint; see {run_dir / HISTORY}")
 
-    best = keras.models.load_model(run_dir / CHECKPOINT)
+    # compile=False: evaluation needs no optimizer, and a staged run's saved one fits no reloaded model
+    best = keras.models.load_model(run_dir / CHECKPOINT, compile=False)
     metrics, pictures, _ = evaluate_model(best, splits.test, test_ds, splits.class_names, run_dir, config.seed)
     seconds = timer.seconds or [float("nan")]
     steady = seconds[1:] if len(seconds) > 1 else seconds
@@ -206,7 +209,8 @@ def run_training(
         {
             "best_val_accuracy": best_so_far(run_dir),
             "params": int(best.count_params()),
-            "trainable_params": int(sum(np.prod(w.shape) for w in best.trainable_weights)),
+            # from the trained model: a reloaded checkpoint forgets trainable flags nested inside layers
+            "trainable_params": int(sum(np.prod(w.shape) for w in model.trainable_weights)),
             "train_images_per_second": len(splits.train) / statistics.median(steady),
             "seconds_per_epoch": statistics.median(steady),
             "first_epoch_seconds": seconds[0],

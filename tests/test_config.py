@@ -28,7 +28,7 @@ def test_comma_lists_are_accepted():
         ({"kernel_sizes": [3, 3, 0, 3, 3]}, ["kernel_sizes"]),
         ({"activation": "tanh"}, ["activation", "mish"]),
         ({"dropout": 1.5}, ["dropout"]),
-        ({"val_fraction": 0.0}, ["val_fraction"]),
+        ({"val_fraction": 1.0}, ["val_fraction"]),
         ({"wandb": "maybe"}, ["wandb", "offline"]),
         ({"batch_norm": "False"}, ["batch_norm", "bool"]),
         ({"epochs": 2.5}, ["epochs", "int"]),

@@ -1,4 +1,5 @@
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -101,3 +102,129 @@ def test_without_augmentation_training_images_are_untouched(image_folder):
     images, _ = _batches(make_dataset(splits.train, config, training=True))
     raw = np.stack([decode_resize(p, 24, 3).numpy() for p in splits.train.paths]).astype(np.float32)
     assert sorted(map(bytes, images)) == sorted(map(bytes, raw))
+
+
+def _photo_file(path, width=800, height=600):
+    from inat_keras.synthetic import photo
+
+    Image.fromarray(photo(np.random.default_rng(3), np.full(3, 120, np.float32), width, height)).save(path, quality=90)
+    return str(path)
+
+
+def _full_decode(path, size):
+    import tensorflow as tf
+
+    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    return tf.cast(tf.clip_by_value(tf.round(tf.image.resize(image, (size, size), antialias=True)), 0, 255), tf.uint8)
+
+
+def test_big_jpegs_decode_at_reduced_ratio_to_almost_the_same_image(tmp_path):
+    import tensorflow as tf
+
+    from inat_keras.data import jpeg_ratio_index
+
+    path = _photo_file(tmp_path / "photo.jpg")
+    contents = tf.io.read_file(path)
+    # the largest 1/r that keeps the short side (600) >= the target
+    assert [2 ** int(jpeg_ratio_index(contents, s)) for s in (601, 600, 300, 224, 150, 75, 40)] == [1, 1, 2, 2, 4, 8, 8]
+    for size in (224, 64):
+        fast = decode_resize(path, size, 3).numpy().astype(int)
+        full = _full_decode(path, size).numpy().astype(int)
+        assert 0 < np.abs(fast - full).mean() < 1.5 and np.abs(fast - full).max() <= 8
+
+
+def test_pngs_decode_in_full(tmp_path):
+    path = str(tmp_path / "photo.png")
+    Image.open(_photo_file(tmp_path / "photo.jpg")).save(path)
+    assert np.array_equal(decode_resize(path, 96, 3).numpy(), _full_decode(path, 96).numpy())
+
+
+def _move_away(folder):
+    folder.rename(folder.with_name(folder.name + "-gone"))
+
+
+@pytest.mark.parametrize("cache", ["memory", "disk"])
+def test_cached_epochs_read_no_files(tmp_path, cache):
+    root = write_image_folder(tmp_path / "data", {"train": 6, "val": 1})
+    config = build_config(ScratchConfig, {"image_size": 24, "batch_size": 4, "augment": False})
+    splits = load_splits(root, 0.3, 0)
+    expected = np.stack([decode_resize(p, 24, 3).numpy() for p in splits.val.paths]).astype(np.float32)
+    dataset = make_dataset(splits.val, config, training=False, cache=cache)
+    if cache == "disk":
+        _move_away(root)  # filled when made: not even the first epoch reads a file
+    first, _ = _batches(dataset)
+    if cache == "memory":
+        _move_away(root)  # filled by the first epoch
+    again, labels = _batches(dataset)
+    assert np.array_equal(first, expected) and np.array_equal(again, expected)
+    assert labels.tolist() == splits.val.labels
+
+
+def test_disk_cache_is_named_by_size_channels_and_file_content(tmp_path):
+    from inat_keras.data import CACHE_HOME, cache_key
+
+    root = write_image_folder(tmp_path / "data", {"train": 4, "val": 1})
+    splits = load_splits(root, 0.5, 0)
+    key = cache_key(splits.train, 24, 3)
+    assert key != cache_key(splits.train, 32, 3) and key != cache_key(splits.train, 24, 1)
+    assert key != cache_key(splits.val, 24, 3)
+    config = build_config(ScratchConfig, {"image_size": 24, "batch_size": 4, "augment": False})
+    make_dataset(splits.train, config, training=False, cache="disk")
+    assert (CACHE_HOME / "decoded" / key).is_dir()
+
+    changed = splits.train.paths[0]
+    Image.fromarray(np.full((30, 40, 3), 7, np.uint8)).save(changed, format="PNG" if changed.endswith("png") else "JPEG")
+    assert cache_key(splits.train, 24, 3) != key
+    images, _ = _batches(make_dataset(splits.train, config, training=False, cache="disk"))
+    assert np.array_equal(images[0], decode_resize(changed, 24, 3).numpy().astype(np.float32))
+
+
+def test_an_interrupted_disk_cache_is_never_read(tmp_path):
+    import tensorflow as tf
+
+    from inat_keras.data import CACHE_HOME, Split, cache_key
+
+    root = write_image_folder(tmp_path / "data", {"train": 4, "val": 1})
+    paths = sorted(str(p) for p in (root / "train").rglob("*.jpg"))
+    good = Path(paths[-1]).read_bytes()
+    Path(paths[-1]).write_bytes(good[:100])  # decoding fails on the last image, after the others were cached
+    split = Split(paths, [0] * len(paths))
+    config = build_config(ScratchConfig, {"image_size": 24, "batch_size": 2, "augment": False})
+    folder = CACHE_HOME / "decoded" / cache_key(split, 24, 3)
+    abandoned = folder.with_name(folder.name + ".partial-999999999")  # no such process
+    abandoned.mkdir(parents=True)
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        make_dataset(split, config, training=False, cache="disk")
+    assert not folder.exists() and not abandoned.exists()
+
+    Path(paths[-1]).write_bytes(good)
+    split = Split(paths, [0] * len(paths))
+    images, _ = _batches(make_dataset(split, config, training=False, cache="disk"))
+    assert np.array_equal(images, np.stack([decode_resize(p, 24, 3).numpy() for p in paths]).astype(np.float32))
+
+
+def test_auto_cache_uses_the_disk_when_memory_is_short(tmp_path, monkeypatch):
+    import inat_keras.data as data
+
+    root = write_image_folder(tmp_path / "data", {"train": 4, "val": 1})
+    splits = load_splits(root, 0.5, 0)
+    config = build_config(ScratchConfig, {"image_size": 24, "batch_size": 4, "augment": False})
+    folder = data.CACHE_HOME / "decoded" / data.cache_key(splits.train, 24, 3)
+    monkeypatch.setattr(data, "available_memory", lambda: 10**12)
+    make_dataset(splits.train, config, training=False)
+    assert not folder.exists()
+    monkeypatch.setattr(data, "available_memory", lambda: 1000)
+    make_dataset(splits.train, config, training=False)
+    assert folder.is_dir()
+
+
+def test_augmentation_differs_every_epoch_over_the_disk_cache(tmp_path):
+    root = write_image_folder(tmp_path / "data", {"train": 6, "val": 1})
+    config = build_config(ScratchConfig, {"image_size": 24, "batch_size": 4, "augment": True, "rotation": 0.1})
+    splits = load_splits(root, 0.3, 0)
+    train = make_dataset(splits.train, config, training=True, cache="disk")
+    _move_away(root)
+    epoch1, _ = _batches(train)
+    epoch2, _ = _batches(train)
+    means1, means2 = np.sort(epoch1.mean(axis=(1, 2, 3))), np.sort(epoch2.mean(axis=(1, 2, 3)))
+    assert not np.allclose(means1, means2)

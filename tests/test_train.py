@@ -127,3 +127,13 @@ def test_the_model_learns_the_tiny_dataset(image_folder, tmp_path):
     _, metrics = train(config)
     assert metrics["test_accuracy"] >= 0.9
     assert np.isfinite(metrics["test_loss"])
+
+
+def test_val_fraction_zero_trains_on_all_of_train_and_keeps_the_last_epoch(image_folder, tmp_path):
+    run_dir, metrics = train(config_for(image_folder, tmp_path / "run", val_fraction=0.0))
+    split = json.loads((run_dir / "split.json").read_text())
+    assert len(split["train"]) == 30 and split["val"] == []
+    assert metrics["best_val_accuracy"] is None and metrics["train_images"] == 30
+    assert (run_dir / "model.keras").is_file() and 0.0 <= metrics["test_accuracy"] <= 1.0
+    with pytest.raises(ConfigError, match="needs val_fraction > 0"):
+        config_for(image_folder, tmp_path / "other", val_fraction=0.0, early_stopping=2)

@@ -1,0 +1,283 @@
+"""`run.py bench`: how fast the active backend trains, infers and feeds one model on this machine.
+
+Steps are timed through Keras's own compiled functions (`train_on_batch`, `predict_on_batch` on one
+batch already in the backend's memory), after a compile call and one warm step, so the figures are
+the model's step and not the input pipeline; the pipeline and a real `fit` are measured apart, on a
+folder of JPEGs. Each figure is the median of several timed repeats. The process's CPU seconds per
+step are reported beside the wall clock: on a shared machine they show the work done, whatever the
+neighbours take.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import resource
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from .config import FinetuneConfig, ScratchConfig, TrainConfig, load_config
+from .kinds import CONFIGS
+
+MODELS = ("cnn", "cnn-best", "efficientnet")
+PARTS = ("train", "infer", "pipeline", "fit")
+TRAIN_FLOPS_PER_FORWARD = 3  # forward, input gradient, weight gradient
+
+
+@dataclass
+class BenchOptions:
+    model: str = "cnn"
+    image_size: int = 224
+    batch_size: int = 32
+    data_dir: str | None = None
+    steps: int = 5
+    repeats: int = 3
+    images: int = 320
+    parts: tuple[str, ...] = PARTS
+    overrides: dict = field(default_factory=dict)  # extra config values (tests shrink the model)
+
+
+class Unavailable(RuntimeError):
+    """The model cannot be built here yet; the message says why."""
+
+
+def model_config(options: BenchOptions) -> TrainConfig:
+    values = {"image_size": options.image_size, "batch_size": options.batch_size, "wandb": "disabled",
+              **options.overrides}  # fmt: skip
+    if options.model == "cnn":
+        return load_config(ScratchConfig, None, values)
+    if options.model == "cnn-best":
+        return load_config(ScratchConfig, CONFIGS / "scratch_best.yaml", values)
+    if options.model == "efficientnet":
+        return load_config(FinetuneConfig, None, {"weights": "none", **values})
+    raise ValueError(f"model must be one of {', '.join(MODELS)}, got {options.model!r}")
+
+
+def build_model(options: BenchOptions, config: TrainConfig, num_classes: int) -> tuple[keras.Model, float]:
+    """The model and its forward FLOPs per image."""
+    if options.model == "efficientnet":
+        try:
+            from .efficientnet import build_finetune_model
+        except ImportError as err:
+            raise Unavailable(f"efficientnet: inat_keras.efficientnet cannot be imported yet ({err})") from None
+        model = build_finetune_model(config, num_classes)
+        return model, compiled_forward_flops(model, config.image_size)
+    from .cnn import build_cnn, model_flops
+
+    model = build_cnn(config, num_classes)
+    return model, float(model_flops(model))
+
+
+def compiled_forward_flops(model: keras.Model, image_size: int) -> float:
+    """The backend compiler's FLOP count for one image, for models whose layers nest (EfficientNet's blocks)."""
+    x = np.zeros((1, image_size, image_size, 3), "float32")
+    if keras.backend.backend() == "jax":
+        import jax
+
+        def forward(trainable, non_trainable, x):
+            return model.stateless_call(trainable, non_trainable, x, training=False)[0]
+
+        weights = ([v.value for v in model.trainable_variables], [v.value for v in model.non_trainable_variables])
+        return float(jax.jit(forward).lower(*weights, x).cost_analysis()["flops"])
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        graph = tf.function(lambda x: model(x, training=False)).get_concrete_function(tf.TensorSpec(x.shape)).graph
+        options = {**tf.compat.v1.profiler.ProfileOptionBuilder.float_operation(), "output": "none"}
+        return float(tf.compat.v1.profiler.profile(graph=graph, cmd="op", options=options).total_float_ops)
+    return float("nan")
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def time_step(step, options: BenchOptions) -> dict:
+    """Compile, warm up, then `repeats` timings of `steps` calls: images/second and CPU seconds per step."""
+    start = time.perf_counter()
+    step()
+    compile_seconds = time.perf_counter() - start
+    step()
+    walls, cpus = [], []
+    for _ in range(options.repeats):
+        cpu, start = _cpu_seconds(), time.perf_counter()
+        for _ in range(options.steps):
+            step()
+        walls.append((time.perf_counter() - start) / options.steps)
+        cpus.append((_cpu_seconds() - cpu) / options.steps)
+    return {
+        "images_per_second": options.batch_size / statistics.median(walls),
+        "repeats_images_per_second": [round(options.batch_size / w, 2) for w in walls],
+        "cpu_seconds_per_step": statistics.median(cpus),
+        "compile_seconds": compile_seconds,
+    }
+
+
+def bench_steps(model: keras.Model, options: BenchOptions, num_classes: int, flops: float) -> dict:
+    rng = np.random.default_rng(0)
+    shape = (options.batch_size, options.image_size, options.image_size, 3)
+    x = keras.ops.convert_to_tensor(rng.uniform(0, 255, shape).astype("float32"))
+    y = keras.ops.convert_to_tensor(np.arange(options.batch_size, dtype="int32") % num_classes)
+    results = {}
+    if "train" in options.parts:
+        train = time_step(lambda: model.train_on_batch(x, y), options)
+        train["gflops_per_second"] = train["images_per_second"] * TRAIN_FLOPS_PER_FORWARD * flops / 1e9
+        results["train"] = train
+    if "infer" in options.parts:
+        infer = time_step(lambda: model.predict_on_batch(x), options)
+        infer["gflops_per_second"] = infer["images_per_second"] * flops / 1e9
+        results["infer"] = infer
+    return results
+
+
+def _passes(dataset, options: BenchOptions) -> list[float]:
+    """Seconds of each full pass: the first decodes and fills the cache, the others read it."""
+    seconds = []
+    for _ in range(1 + options.repeats):
+        start = time.perf_counter()
+        for _ in dataset:
+            pass
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def bench_data(model: keras.Model, config: TrainConfig, options: BenchOptions, root: Path) -> dict:
+    """Input pipeline passes over validation images (first decodes, later ones read the cache) and over
+    training images (augmented from the cache), then a real fit: the first epoch decodes, the median of the
+    `repeats` later ones is the steady state (validation included, as in a training run)."""
+    from .callbacks import EpochTimer
+    from .data import load_splits, make_dataset
+
+    splits = load_splits(root, config.val_fraction, config.seed)
+    channels = getattr(config, "channels", 3)
+    results = {"train_images": len(splits.train), "val_images": len(splits.val)}
+    if "pipeline" in options.parts:
+        decode = _passes(make_dataset(splits.val, config, training=False, channels=channels, cache="memory"), options)
+        augment = _passes(make_dataset(splits.train, config, training=True, channels=channels, cache="memory"), options)
+        results["pipeline"] = {
+            "first_pass_images_per_second": len(splits.val) / decode[0],
+            "cached_images_per_second": len(splits.val) / statistics.median(decode[1:]),
+            "augmented_images_per_second": len(splits.train) / statistics.median(augment[1:]),
+        }
+    if "fit" in options.parts:
+        timer = EpochTimer(len(splits.train))
+        model.fit(
+            make_dataset(splits.train, config, training=True, channels=channels, cache="memory"),
+            validation_data=make_dataset(splits.val, config, training=False, channels=channels, cache="memory"),
+            epochs=1 + options.repeats,
+            callbacks=[timer],
+            shuffle=False,  # the pipeline shuffles
+            verbose=0,
+        )
+        epoch = statistics.median(timer.seconds[1:])
+        results["fit"] = {
+            "first_epoch_seconds": timer.seconds[0],
+            "epoch_seconds": epoch,
+            "images_per_second": len(splits.train) / epoch,
+        }
+    return results
+
+
+def machine() -> dict:
+    """What ran the benchmark: CPU, accelerator, library versions and the settings that change speed."""
+    cpu = platform.processor()
+    if Path("/proc/cpuinfo").exists():
+        names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    info = {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "backend": keras.backend.backend(),
+        "keras": keras.__version__,
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
+    }
+    if keras.backend.backend() == "jax":
+        import jax
+
+        info["jax"] = jax.__version__
+        info["device"] = f"{jax.devices()[0].platform}: {jax.devices()[0].device_kind}"
+    else:
+        import tensorflow as tf
+
+        gpus = [tf.config.experimental.get_device_details(g).get("device_name", g.name) for g in tf.config.list_physical_devices("GPU")]
+        info["device"] = "gpu: " + ", ".join(gpus) if gpus else "cpu"
+    import tensorflow as tf
+
+    info["tensorflow"] = tf.__version__
+    return info
+
+
+def run_bench(options: BenchOptions) -> dict:
+    """All measurements of one model on the active backend, as one JSON-ready dict."""
+    from .data import dataset_root
+    from .synthetic import cached_photo_folder
+    from .train import compile_model
+
+    unknown = set(options.parts) - set(PARTS)
+    if unknown:
+        raise ValueError(f"parts must be among {', '.join(PARTS)}, got {', '.join(sorted(unknown))}")
+    config = model_config(options)
+    needs_data = {"pipeline", "fit"} & set(options.parts)
+    root = None
+    if needs_data:
+        root = dataset_root(options.data_dir) if options.data_dir else cached_photo_folder(options.images)
+    num_classes = 10
+    keras.utils.set_random_seed(config.seed)
+    report = {"model": options.model, "image_size": options.image_size, "batch_size": options.batch_size,
+              "steps": options.steps, "repeats": options.repeats, "data_dir": str(root) if root else None,
+              **machine()}  # fmt: skip
+    try:
+        model, flops = build_model(options, config, num_classes)
+    except Unavailable as err:
+        return {**report, "skipped": str(err)}
+    compile_model(model, config)
+    report.update({"params": int(model.count_params()), "forward_gflops_per_image": flops / 1e9})
+    report.update(bench_steps(model, options, num_classes, flops))
+    if needs_data:
+        report.update(bench_data(model, config, options, root))
+    return report
+
+
+def summary(report: dict) -> str:
+    """The figures as a few readable lines."""
+    if "skipped" in report:
+        return f"{report['model']} ({report['backend']}): skipped: {report['skipped']}"
+    lines = [
+        f"{report['model']} {report['image_size']}x{report['image_size']} batch {report['batch_size']}, "
+        f"{report['backend']} on {report['device']} ({report['cpu']}, {report['cpu_count']} CPUs), "
+        f"{report['forward_gflops_per_image']:.3f} GFLOP/image forward"
+    ]
+    for part in ("train", "infer"):
+        if part in report:
+            r = report[part]
+            lines.append(
+                f"  {part:<8} {r['images_per_second']:8.1f} images/s  {r['gflops_per_second']:7.1f} GFLOP/s  "
+                f"{r['cpu_seconds_per_step']:.3f} CPU s/step  (compile {r['compile_seconds']:.1f} s)"
+            )
+    if "pipeline" in report:
+        r = report["pipeline"]
+        lines.append(
+            f"  pipeline {r['first_pass_images_per_second']:8.1f} images/s first pass (decode), "
+            f"{r['cached_images_per_second']:.1f} cached, {r['augmented_images_per_second']:.1f} cached and augmented"
+        )
+    if "fit" in report:
+        r = report["fit"]
+        lines.append(
+            f"  fit      {r['epoch_seconds']:8.1f} s/epoch of {report['train_images']} images "
+            f"({r['images_per_second']:.1f} images/s; first epoch {r['first_epoch_seconds']:.1f} s)"
+        )
+    return "\n".join(lines)
+
+
+def write_report(report: dict, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(report, indent=2))

@@ -1,0 +1,177 @@
+"""EfficientNetV2-S (keras-cv backbone) with a new classifier head, and where its weights come from.
+
+The backbone is built from its constructor arguments, so building never needs the network; only the
+`--weights` source may. A source that cannot be had stops the run with a message naming the URL or
+handle and the offline alternative: never silently random weights.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import keras
+import keras_cv
+from keras import layers
+
+from .config import ConfigError, FinetuneConfig
+
+log = logging.getLogger(__name__)
+
+# keras-cv's EfficientNetV2Backbone arguments for the S variant (the preset's, without contacting Kaggle).
+V2S_ARGUMENTS = {
+    "width_coefficient": 1.0,
+    "depth_coefficient": 1.0,
+    "stackwise_kernel_sizes": [3, 3, 3, 3, 3, 3],
+    "stackwise_num_repeats": [2, 4, 4, 6, 9, 15],
+    "stackwise_input_filters": [24, 24, 48, 64, 128, 160],
+    "stackwise_output_filters": [24, 48, 64, 128, 160, 256],
+    "stackwise_expansion_ratios": [1, 4, 4, 4, 6, 6],
+    "stackwise_squeeze_and_excite_ratios": [0.0, 0.0, 0.0, 0.25, 0.25, 0.25],
+    "stackwise_strides": [1, 2, 2, 2, 1, 2],
+    "stackwise_conv_types": ["fused", "fused", "fused", "unfused", "unfused", "unfused"],
+}
+BACKBONE, PREPROCESS, HEAD = "backbone", "preprocess", "logits"
+
+OFFICIAL_FILE = "efficientnetv2-s_notop.h5"
+OFFICIAL_URL = f"https://storage.googleapis.com/tensorflow/keras-applications/efficientnet_v2/{OFFICIAL_FILE}"
+OFFICIAL_MD5 = "af0682fb74e8c54910f2d4393339c070"  # keras.applications' own hash for this file
+KERAS_CV_PRESET = "efficientnetv2_s_imagenet"
+KERAS_CV_HANDLE = "kaggle://keras/efficientnetv2/keras/efficientnetv2_s_imagenet/2"
+
+# Pixels arrive as 0..255. The official weights expect -1..1 (x/128 - 1, as keras.applications does);
+# a keras-cv preset built with include_rescaling expects 0..1 (x/255).
+OFFICIAL_SCALING = (1 / 128, -1.0)
+KERAS_CV_SCALING = (1 / 255, 0.0)
+NAMED_SOURCES = ("imagenet", "keras-cv", "none")
+
+
+class WeightsError(ConfigError):
+    """Pretrained weights that cannot be had or do not fit; the message says what to do instead."""
+
+
+def build_backbone(image_size: int) -> keras.Model:
+    return keras_cv.models.EfficientNetV2Backbone(
+        **V2S_ARGUMENTS, include_rescaling=False, input_shape=(image_size, image_size, 3), name=BACKBONE
+    )
+
+
+def copy_weights(source: keras.Model, backbone: keras.Model, origin: str) -> None:
+    """Move weights by position after checking every shape (keras.applications and keras-cv share the order)."""
+    values = source.get_weights()
+    expected = [tuple(w.shape) for w in backbone.weights]
+    got = [tuple(v.shape) for v in values]
+    if got != expected:
+        first = next((i for i, (a, b) in enumerate(zip(got, expected)) if a != b), min(len(got), len(expected)))
+        theirs = got[first] if first < len(got) else "none"
+        ours = expected[first] if first < len(expected) else "none"
+        raise WeightsError(
+            f"{origin} has other shapes than EfficientNetV2-S: {len(got)} weight tensors where the backbone has "
+            f"{len(expected)}; first difference at tensor {first}: {theirs} there, {ours} in the backbone"
+        )
+    backbone.set_weights(values)
+
+
+def official_weights_file() -> Path:
+    """The official ImageNet weights, downloaded once into ~/.keras/models and checked against their MD5."""
+    try:
+        return Path(keras.utils.get_file(OFFICIAL_FILE, OFFICIAL_URL, cache_subdir="models", file_hash=OFFICIAL_MD5))
+    except Exception as err:  # get_file raises bare Exception for network failures, ValueError for bad hashes
+        raise WeightsError(
+            f"cannot get the ImageNet weights from {OFFICIAL_URL} ({err}). Without internet, download that file "
+            f"elsewhere and pass --weights /path/to/{OFFICIAL_FILE} (or put it in ~/.keras/models/); "
+            "--weights none trains from random weights (tests and experiments only)"
+        ) from err
+
+
+def brief(err: Exception) -> str:
+    """Keras's loading errors span many lines; one line of them is enough here."""
+    return " ".join(str(err).split())[:300]
+
+
+def load_applications_file(backbone: keras.Model, path: Path) -> None:
+    """A keras.applications EfficientNetV2-S file (the official .h5): load it there, then transfer."""
+    try:
+        source = keras.applications.EfficientNetV2S(include_top=False, weights=str(path), input_shape=(None, None, 3))
+    except (ValueError, KeyError, OSError) as err:
+        raise WeightsError(f"keras.applications' EfficientNetV2-S cannot load {path.name} ({brief(err)})") from err
+    copy_weights(source, backbone, str(path))
+
+
+def load_backbone_file(backbone: keras.Model, path: Path) -> None:
+    """Weights saved from a keras-cv EfficientNetV2-S backbone (Keras 3 .weights.h5)."""
+    try:
+        backbone.load_weights(str(path))
+    except (ValueError, KeyError, OSError) as err:
+        raise WeightsError(f"the keras-cv backbone cannot load {path.name} ({brief(err)})") from err
+
+
+def load_file(backbone: keras.Model, path: Path) -> None:
+    """Either layout of EfficientNetV2-S weights; the file name says which to try first."""
+    if not path.name.endswith((".h5", ".hdf5")):
+        raise WeightsError(f"{path}: expected an .h5 weights file (keras.applications or keras-cv EfficientNetV2-S)")
+    loaders = [load_applications_file, load_backbone_file]
+    if path.name.endswith(".weights.h5"):
+        loaders.reverse()
+    errors = []
+    for loader in loaders:
+        try:
+            loader(backbone, path)
+            return
+        except WeightsError as err:
+            errors.append(str(err))
+    raise WeightsError(f"{path} does not fit EfficientNetV2-S: " + "; ".join(errors))
+
+
+def load_preset(backbone: keras.Model, preset: str) -> tuple[float, float]:
+    """A keras-cv preset (Kaggle handle or local folder); its own config says which scaling its weights expect."""
+    try:
+        source = keras_cv.models.EfficientNetV2Backbone.from_preset(preset)
+    except Exception as err:  # network, Kaggle and preset-format errors surface as many different types
+        if Path(preset).is_dir():
+            raise WeightsError(f"cannot load the keras-cv preset folder {preset} ({brief(err)})") from err
+        raise WeightsError(
+            f"cannot get the keras-cv preset {preset!r} from {KERAS_CV_HANDLE} ({brief(err)}). "
+            "Without internet, download that preset elsewhere and pass its folder (config.json + "
+            f"model.weights.h5) as --weights /path/to/folder, or use --weights /path/to/{OFFICIAL_FILE}"
+        ) from err
+    copy_weights(source, backbone, f"keras-cv preset {preset!r}")
+    return KERAS_CV_SCALING if source.include_rescaling else OFFICIAL_SCALING
+
+
+def load_weights(backbone: keras.Model, weights: str) -> tuple[float, float]:
+    """Fill the backbone from the --weights source; returns the (scale, offset) its weights expect."""
+    if weights == "none":
+        log.warning("--weights none: random initialisation, for tests and experiments only")
+        return OFFICIAL_SCALING
+    if weights == "imagenet":
+        load_applications_file(backbone, official_weights_file())
+        return OFFICIAL_SCALING
+    if weights == "keras-cv":
+        return load_preset(backbone, KERAS_CV_PRESET)
+    path = Path(weights).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise WeightsError(f"{path} is not a keras-cv preset folder (no config.json)")
+        return load_preset(backbone, str(path))
+    if not path.is_file():
+        raise WeightsError(
+            f"--weights must be one of {', '.join(NAMED_SOURCES)}, a weights file or a preset folder; "
+            f"{weights!r} is none of these (no such file or folder)"
+        )
+    load_file(backbone, path)
+    return OFFICIAL_SCALING
+
+
+def build_finetune_model(config: FinetuneConfig, num_classes: int) -> keras.Model:
+    """Raw pixels -> scaling the weights expect -> backbone -> average pool -> dropout -> float32 logits."""
+    config.validate()
+    backbone = build_backbone(config.image_size)
+    scale, offset = load_weights(backbone, config.weights)
+    inputs = keras.Input((config.image_size, config.image_size, 3), name="image")
+    x = layers.Rescaling(scale, offset, name=PREPROCESS)(inputs)
+    x = backbone(x)
+    x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    x = layers.Dropout(config.head_dropout, name="head_dropout")(x)
+    outputs = layers.Dense(num_classes, dtype="float32", name=HEAD)(x)
+    return keras.Model(inputs, outputs, name="efficientnetv2_s_finetune")

@@ -1,0 +1,72 @@
+"""Keras layers re-expressed, under JAX on a CPU, in forms that XLA:CPU runs fast.
+
+Each is its Keras parent (same arguments, weights, checkpoints and outputs) and runs the parent's own
+code on other backends and devices. The profiles behind them are in BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import keras
+from keras import layers, ops
+
+
+def on_jax_cpu() -> bool:
+    if keras.backend.backend() != "jax":
+        return False
+    import jax
+
+    return jax.default_backend() == "cpu"
+
+
+@keras.saving.register_keras_serializable(package="inat_keras")
+class BlockMaxPooling2D(layers.MaxPooling2D):
+    """MaxPooling2D; under JAX on CPU, non-overlapping windows are taken apart with reshapes and slices.
+
+    JAX differentiates `reduce_window` max through select-and-scatter, which XLA:CPU runs as index
+    arrays and scatters: 60-75% of the CNN's training step at 224x224. Training takes the max over
+    the window axes of a reshape, whose gradient is elementwise and fuses with the activation's.
+    Inference takes the elementwise maximum of the window's strided slices: XLA would fuse an
+    expensive activation such as Mish into the reshape's reduction, which it does not vectorise.
+    Both give the parent's outputs exactly. Where inputs of one window tie for the maximum they share
+    its gradient instead of the first taking all of it; both are gradients of the same function.
+    """
+
+    def call(self, inputs, training=None):
+        if not (
+            on_jax_cpu()
+            and self.padding == "valid"
+            and self.data_format == "channels_last"
+            and tuple(self.pool_size) == tuple(self.strides)
+        ):
+            return super().call(inputs)
+        (ph, pw), (_, height, width, channels) = self.pool_size, inputs.shape
+        rows, cols = height // ph, width // pw
+        x = inputs[:, : rows * ph, : cols * pw, :]
+        if training:
+            return ops.max(ops.reshape(x, (-1, rows, ph, cols, pw, channels)), axis=(2, 4))
+        return functools.reduce(ops.maximum, [x[:, i::ph, j::pw, :] for i in range(ph) for j in range(pw)])
+
+
+def mish(x):
+    """x * tanh(softplus(x)) with one exponential: tanh(log(1 + e)) = n / (n + 2) for n = e (e + 2), e = exp(x).
+
+    Keras's form costs three transcendental functions per element, and three more in the gradient.
+    Above 20, n overflows while mish(x) = x to float precision; that branch never sees the formula,
+    so that the gradient stays finite.
+    """
+    large = x > 20.0
+    e = ops.exp(ops.where(large, 0.0, x))
+    n = e * (e + 2.0)
+    return ops.where(large, x, x * n / (n + 2.0))
+
+
+@keras.saving.register_keras_serializable(package="inat_keras")
+class Activation(layers.Activation):
+    """Activation; under JAX on CPU, Mish goes through `mish` (3.5x faster forward, 1.3x with its gradient)."""
+
+    def call(self, inputs):
+        if on_jax_cpu() and self.activation is keras.activations.mish:
+            return mish(inputs)
+        return super().call(inputs)

@@ -1,0 +1,68 @@
+import json
+import math
+import sys
+
+import keras
+import numpy as np
+from PIL import Image
+
+from inat_keras.bench import BenchOptions, run_bench, summary
+from inat_keras.cli import main
+from inat_keras.data import CACHE_HOME
+from inat_keras.synthetic import cached_photo_folder
+
+from conftest import tiny_cnn_values
+
+
+def tiny(**extra) -> BenchOptions:
+    values = tiny_cnn_values()
+    options = {"image_size": values["image_size"], "batch_size": 4, "steps": 2, "repeats": 2}
+    overrides = {k: values[k] for k in ("filters", "kernel_sizes", "dense_units")}
+    return BenchOptions(**{**options, **extra}, overrides=overrides)
+
+
+def test_bench_measures_steps_pipeline_and_epochs(image_folder):
+    report = run_bench(tiny(data_dir=str(image_folder)))
+    assert report["backend"] == keras.backend.backend() and report["cpu_count"] >= 1
+    flops = report["forward_gflops_per_image"] * 1e9
+    assert flops == 2 * (32 * 32 * 3 * 4 + (16 * 16 + 8 * 8 + 4 * 4 + 2 * 2) * 4 * 4 + 4 * 8 + 8 * 10)  # 10 classes
+    for part, flops_per_image in (("train", 3 * flops), ("infer", flops)):
+        r = report[part]
+        assert r["images_per_second"] > 0 and r["compile_seconds"] > 0 and r["cpu_seconds_per_step"] > 0
+        assert len(r["repeats_images_per_second"]) == 2
+        assert math.isclose(r["gflops_per_second"], r["images_per_second"] * flops_per_image / 1e9)
+    assert report["train_images"] == 24 and report["val_images"] == 6  # 30 images, 20% held out
+    assert all(report["pipeline"][k] > 0 for k in ("first_pass_images_per_second", "cached_images_per_second",
+                                                     "augmented_images_per_second"))
+    assert 0 < report["fit"]["epoch_seconds"] and 0 < report["fit"]["first_epoch_seconds"]
+    assert "train" in summary(report) and "pipeline" in summary(report)
+
+
+def test_bench_command_writes_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    args = ["bench", "--image-size", "94", "--batch-size", "2", "--steps", "1", "--repeats", "1", "--parts", "infer"]
+    assert main([*args, "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["model"] == "cnn" and report["image_size"] == 94 and "train" not in report
+    assert report["infer"]["images_per_second"] > 0
+    assert report["params"] == 303_114  # the default CNN (64x5, 3x3) at 94x94
+    assert "infer" in capsys.readouterr().out
+
+
+def test_a_missing_model_module_is_skipped_with_a_reason(monkeypatch):
+    monkeypatch.setitem(sys.modules, "inat_keras.efficientnet", None)  # as if not written yet
+    report = run_bench(BenchOptions(model="efficientnet", image_size=32, parts=("infer",)))
+    assert "inat_keras.efficientnet" in report["skipped"] and "infer" not in report
+    assert "skipped" in summary(report)
+
+
+def test_generated_photos_look_like_inaturalist_jpegs():
+    root = cached_photo_folder(10)
+    assert root.parent == CACHE_HOME / "synthetic" and cached_photo_folder(10) == root
+    files = sorted((root / "train").rglob("*.jpg"))
+    assert len(files) == 10 and len(list((root / "val").rglob("*.jpg"))) == 2
+    assert len({f.parent.name for f in files}) == 2
+    assert all(60_000 < f.stat().st_size < 200_000 for f in files)
+    pixels = np.asarray(Image.open(files[0]), dtype=np.float32)
+    assert pixels.shape == (600, 800, 3)
+    assert pixels.std() > 15 and np.abs(np.diff(pixels, axis=1)).mean() > 2  # texture, not flat colour

@@ -1,0 +1,48 @@
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from inat_keras.jax_cpu import configure_xla_flags, malloc_environment
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_xla_flags_are_added_and_the_users_win():
+    environ = {"XLA_FLAGS": "--xla_dump_to=/tmp/x"}
+    configure_xla_flags(environ)
+    assert environ["XLA_FLAGS"] == "--xla_dump_to=/tmp/x --xla_cpu_experimental_ynn_fusion_type="
+    environ = {"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=individual_dot"}
+    configure_xla_flags(environ)
+    assert environ["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=individual_dot"
+
+
+def test_convolution_gradients_compile_to_xlas_own_kernels():
+    """Importing inat_keras set XLA_FLAGS before JAX started: no convolution goes to YNNPACK."""
+    import jax
+    from jax import lax
+
+    def conv(x, w):
+        return lax.conv_general_dilated(x, w, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    x, w = np.zeros((8, 111, 111, 64), "float32"), np.zeros((3, 3, 64, 64), "float32")
+    grads = jax.jit(jax.grad(lambda x, w: conv(x, w).sum(), argnums=(0, 1)))
+    hlo = grads.lower(x, w).compile().as_text()
+    assert "convolution" in hlo and "__ynn_fusion" not in hlo
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="a glibc tunable")
+def test_the_command_line_restarts_itself_with_the_malloc_tunable():
+    assert malloc_environment({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}) is None  # the user's choice stays
+    code = (
+        "from inat_keras.jax_cpu import restart_with_malloc_tunables; restart_with_malloc_tunables(); "
+        "import os; print(os.environ['GLIBC_TUNABLES'])"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    env["GLIBC_TUNABLES"] = "glibc.malloc.arena_max=4"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "glibc.malloc.arena_max=4:glibc.malloc.hugetlb=1"

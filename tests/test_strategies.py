@@ -1,0 +1,277 @@
+"""Fine-tuning strategies: exactly the intended weights train, batch norm as documented, stages continue.
+
+Which weight belongs to which group is read here from the weight's path (block6o_/..., top_conv/...),
+independently of how inat_keras.strategies finds the layers.
+"""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from inat_keras import tracking
+from inat_keras.callbacks import read_history
+from inat_keras.cli import main
+from inat_keras.config import ConfigError, FinetuneConfig, build_config
+from inat_keras.efficientnet import build_finetune_model
+from inat_keras.report import evaluate_checkpoint, predict_images
+from inat_keras.strategies import layer_groups, plan_stages, schedule_metrics, stage_logger, trainable_counts
+from inat_keras.train import compile_model, run_training
+
+SIZE = 32
+REPEATS = [2, 4, 4, 6, 9, 15]
+BLOCKS = [f"block{stage}{chr(ord('a') + i)}" for stage, n in enumerate(REPEATS, start=1) for i in range(n)]
+GROUPS = ["stem", *BLOCKS, "top", "head"]
+BATCH_NORM = ("gamma", "beta", "moving_mean", "moving_variance")
+# plan_stages only reads whether the weights are pretrained; nothing is downloaded in these tests
+PRETRAINED = "imagenet"
+
+
+def config(**values) -> FinetuneConfig:
+    return build_config(FinetuneConfig, {"image_size": SIZE, "weights": "none", "wandb": "disabled", **values})
+
+
+def group_of(path: str) -> str:
+    first = path.split("/")[0]
+    return {"stem_conv": "stem", "stem_bn": "stem", "top_conv": "top", "top_bn": "top", "logits": "head"}.get(
+        first, first.rstrip("_")
+    )
+
+
+def should_train(weight_paths, groups, batch_norm=False) -> set[str]:
+    """Every weight of those groups; batch norm's only when it trains (random weights)."""
+    return {p for p in weight_paths if group_of(p) in groups and (batch_norm or not p.endswith(BATCH_NORM))}
+
+
+def paths(model: keras.Model) -> list[str]:
+    return [w.path for w in model.weights]
+
+
+def snapshot(model: keras.Model) -> dict[str, np.ndarray]:
+    return {w.path: keras.ops.convert_to_numpy(w).copy() for w in model.weights}
+
+
+def changed(before: dict, after: dict) -> set[str]:
+    return {path for path in before if not np.array_equal(before[path], after[path])}
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build_finetune_model(config(), 3)
+
+
+def test_every_weight_is_in_exactly_one_group(model):
+    groups = layer_groups(model)
+    assert list(groups) == GROUPS
+    assert {group_of(w.path) for w in model.weights} == set(GROUPS)
+    owned = [id(w) for members in groups.values() for layer in members for w in layer.weights]
+    assert len(owned) == len(set(owned)) == len(model.weights)
+
+
+def test_the_study_schedule_and_its_edges(model):
+    study = plan_stages(model, config(strategy="gradual", epochs=10, unfreeze_every=2, unfreeze_step=1))
+    assert [(s.start, s.stop, s.label) for s in study] == [
+        (0, 2, "head"), (2, 4, "last_1"), (4, 6, "last_2"), (6, 8, "last_3"), (8, 10, "last_4"),
+    ]  # fmt: skip
+    fast = plan_stages(
+        model, config(strategy="gradual", epochs=6, unfreeze_every=1, unfreeze_step=20, weights=PRETRAINED)
+    )
+    assert [(s.start, s.stop, s.label) for s in fast] == [
+        (0, 1, "head"), (1, 2, "last_20"), (2, 3, "last_40"), (3, 6, "full"),
+    ]  # fmt: skip
+    fast[2].apply(model)  # all 40 blocks, the stem still frozen
+    assert trainable_counts(model)["trainable_blocks"] == 40
+    assert {w.path for w in model.trainable_weights} == should_train(paths(model), set(GROUPS) - {"stem"})
+    fast[3].apply(model)
+    assert {w.path for w in model.trainable_weights} == should_train(paths(model), GROUPS)
+    [everything] = plan_stages(model, config(strategy="last_k", k=40))
+    assert everything.label == "last_40"
+
+
+def test_a_stage_sets_every_flag_whatever_the_previous_one_left(model):
+    """Under TensorFlow `layer.trainable = True` is skipped when the layer already is trainable, so a
+    block unfrozen again would keep the batch-norm flags an earlier stage froze inside it."""
+    last_block = {"head", "top", "block6o"}
+    for weights in (PRETRAINED, "none", PRETRAINED, "none"):
+        [stage] = plan_stages(model, config(strategy="last_k", k=1, weights=weights))
+        stage.apply(model)
+        expected = should_train(paths(model), last_block, batch_norm=weights == "none")
+        assert {w.path for w in model.trainable_weights} == {p for p in expected if "moving_" not in p}, weights
+
+
+@pytest.mark.parametrize(
+    "strategy, k, weights, groups",
+    [
+        ("head", 5, PRETRAINED, {"head"}),
+        ("last_k", 1, PRETRAINED, {"head", "top", "block6o"}),
+        ("full", 5, PRETRAINED, set(GROUPS)),
+        ("last_k", 1, "none", {"head", "top", "block6o"}),
+    ],
+)
+def test_a_short_fit_changes_exactly_the_intended_weights(model, strategy, k, weights, groups):
+    settings = config(strategy=strategy, k=k, weights=weights, learning_rate=1e-3)
+    [stage] = plan_stages(model, settings)
+    stage.apply(model)
+    compile_model(model, settings)
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 255, (8, SIZE, SIZE, 3)).astype("float32")
+    labels = np.arange(8) % 3
+    before = snapshot(model)
+    model.fit(images, labels, batch_size=4, epochs=1, verbose=0)
+    after = snapshot(model)
+    # pretrained: batch norm never moves; random weights: it trains in the unfrozen groups only
+    expected = should_train(before, groups, batch_norm=weights == "none")
+    assert changed(before, after) == expected
+    assert {w.path for w in model.trainable_weights} == {p for p in expected if "moving_" not in p}
+    counts = trainable_counts(model)
+    assert counts["trainable_blocks"] == len(groups & set(BLOCKS))
+    assert counts["trainable_params"] == sum(before[p].size for p in expected if "moving_" not in p)
+    if k == 1 and weights == PRETRAINED:  # one block: all of its 7 tensors, not one tensor
+        assert sorted(p for p in changed(before, after) if p.startswith("block6o_")) == [
+            "block6o_/block6o_dwconv2/kernel", "block6o_/block6o_expand_conv/kernel",
+            "block6o_/block6o_project_conv/kernel", "block6o_/block6o_se_expand/bias",
+            "block6o_/block6o_se_expand/kernel", "block6o_/block6o_se_reduce/bias",
+            "block6o_/block6o_se_reduce/kernel",
+        ]  # fmt: skip
+
+
+class Recorder(keras.callbacks.Callback):
+    """Weights before training and after every epoch; the checkpoint file's state at every epoch start."""
+
+    def __init__(self, checkpoint):
+        super().__init__()
+        self.checkpoint = checkpoint
+        self.weights, self.checkpoint_stamps, self.iterations = {}, {}, []
+
+    def on_train_begin(self, logs=None):
+        self.weights.setdefault(-1, snapshot(self.model))
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.checkpoint_stamps[epoch] = self.stamp()
+        self.iterations.append((epoch, int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))))
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.weights[epoch] = snapshot(self.model)
+
+    def stamp(self):
+        return os.stat(self.checkpoint).st_mtime_ns if os.path.exists(self.checkpoint) else None
+
+
+def gradual(folder, out, **values) -> FinetuneConfig:
+    return config(strategy="gradual", data_dir=str(folder), output_dir=str(out), batch_size=8, **values)
+
+
+def train(settings, *extra):
+    return run_training(
+        settings,
+        "finetune-gradual",
+        lambda n: build_finetune_model(settings, n),
+        plan_stages=plan_stages,
+        extra_callbacks=lambda model: stage_logger(model) + list(extra),
+        extra_metrics=schedule_metrics,
+    )
+
+
+@pytest.fixture(scope="module")
+def weights_file(model, tmp_path_factory):
+    """Backbone weights saved as a local file: a pretrained source as far as the strategies can tell."""
+    path = tmp_path_factory.mktemp("weights") / "backbone.weights.h5"
+    model.get_layer("backbone").save_weights(path)
+    return path
+
+
+def test_gradual_unfreezing_grows_on_schedule_and_continues_across_stages(
+    image_folder, tmp_path, weights_file, monkeypatch
+):
+    logged, runs = [], []
+    start_run = tracking.start_run
+
+    def counted_start_run(*args, **kwargs):
+        runs.append(start_run(*args, **kwargs))
+        monkeypatch.setattr(tracking.wandb, "log", lambda data, **kw: logged.append(dict(data)))  # init replaces it
+        return runs[-1]
+
+    monkeypatch.setattr(tracking, "start_run", counted_start_run)
+    settings = gradual(
+        image_folder, tmp_path / "run", epochs=3, unfreeze_every=1, unfreeze_step=1, weights=str(weights_file)
+    )
+    recorder = Recorder(tmp_path / "run" / "model.keras")
+    run_dir, metrics = train(settings, recorder)
+
+    schedule = [{"head"}, {"head", "top", "block6o"}, {"head", "top", "block6o", "block6n"}]
+    initial = recorder.weights[-1]
+    for epoch, groups in enumerate(schedule):
+        assert changed(recorder.weights[epoch - 1], recorder.weights[epoch]) == should_train(initial, groups), epoch
+
+    history = read_history(run_dir / "history.csv")
+    assert [int(r["epoch"]) for r in history] == [0, 1, 2]
+    assert [int(r["trainable_blocks"]) for r in history] == [0, 1, 2]
+    params = [sum(initial[p].size for p in should_train(initial, groups)) for groups in schedule]
+    assert [int(r["trainable_params"]) for r in history] == params
+    assert [s["label"] for s in metrics["unfreezing_schedule"]] == ["head", "last_1", "last_2"]
+    assert [s["epochs"] for s in metrics["unfreezing_schedule"]] == [[0], [1], [2]]
+    assert [s["trainable_params"] for s in metrics["unfreezing_schedule"]] == params
+    assert json.loads((run_dir / "metrics.json").read_text())["unfreezing_schedule"] == metrics["unfreezing_schedule"]
+    assert metrics["trainable_params"] == params[-1]
+
+    # the best checkpoint is rewritten exactly when val_accuracy beats the best of all earlier stages
+    accuracy = [float(r["val_accuracy"]) for r in history]
+    stamps = [recorder.checkpoint_stamps[e] for e in (1, 2)] + [recorder.stamp()]
+    rewritten = [e for e in range(3) if stamps[e] != recorder.checkpoint_stamps[e]]
+    assert rewritten == [e for e in range(3) if accuracy[e] > max(accuracy[:e], default=-1.0)]
+    assert metrics["best_val_accuracy"] == pytest.approx(max(accuracy))
+
+    assert len(runs) == 1  # one W&B run for all stages, epochs in order, with the trainable counts
+    epochs = [entry for entry in logged if "epoch/epoch" in entry]
+    assert [e["epoch/epoch"] for e in epochs] == [0, 1, 2]
+    assert [e["epoch/trainable_blocks"] for e in epochs] == [0, 1, 2]
+
+    out, again = evaluate_checkpoint(str(run_dir / "model.keras"), None, False, str(tmp_path / "eval"))
+    assert again["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
+    owl = str(image_folder / "val" / "owl" / "owl_000.jpg")
+    [(_, ranked)] = predict_images(str(run_dir / "model.keras"), [owl], None, False)
+    assert sorted(name for name, _ in ranked) == ["cat", "dog", "owl"]
+
+
+class Interrupt(keras.callbacks.Callback):
+    def __init__(self, at_epoch):
+        super().__init__()
+        self.at_epoch = at_epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.at_epoch:
+            raise KeyboardInterrupt
+
+
+def test_an_interrupted_gradual_run_resumes_with_the_right_stage_and_adam_state(image_folder, tmp_path):
+    settings = gradual(image_folder, tmp_path / "run", epochs=3, unfreeze_every=2)  # head: 0-1, last_1: 2
+    steps = 3  # 24 training images in batches of 8
+    with pytest.raises(KeyboardInterrupt):
+        train(settings, Interrupt(1))
+    assert [int(r["epoch"]) for r in read_history(tmp_path / "run" / "history.csv")] == [0]
+
+    resumed = Recorder(tmp_path / "run" / "model.keras")
+    run_dir, metrics = train(settings, resumed)
+    # inside the head stage the saved Adam state comes back; the next stage starts with a fresh Adam
+    assert resumed.iterations == [(1, steps), (2, 0)]
+    history = read_history(run_dir / "history.csv")
+    assert [int(r["epoch"]) for r in history] == [0, 1, 2]
+    assert [int(r["trainable_blocks"]) for r in history] == [0, 0, 1]
+    assert metrics["epochs_run"] == 3 and not (run_dir / "backup").exists()
+
+
+def test_bad_strategy_options_are_refused_clearly(capsys):
+    with pytest.raises(ConfigError, match="strategy must be one of full, head, last_k, gradual"):
+        config(strategy="last_5")
+    with pytest.raises(ConfigError, match="k must be at most 40"):
+        config(strategy="last_k", k=41)
+    assert config(strategy="last_k", k=40).k == 40
+    for flags, message in [
+        (["--strategy", "partial"], "strategy must be one of"),
+        (["--strategy", "last_k", "--k", "41"], "k must be at most 40 (EfficientNetV2-S has 40 blocks)"),
+        (["--unfreeze-every", "0"], "unfreeze_every must be at least 1"),
+    ]:
+        assert main(["finetune", "--demo", "--weights", "none", "--wandb", "disabled", *flags]) == 2
+        assert message in capsys.readouterr().err

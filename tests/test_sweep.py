@@ -1,0 +1,459 @@
+import csv
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import pytest
+import wandb
+import yaml
+from PIL import Image
+
+from inat_keras import sweep, tracking
+from inat_keras.callbacks import read_history
+from inat_keras.cli import main
+from inat_keras.config import ConfigError, ScratchConfig, load_config
+from inat_keras.kinds import CONFIGS, KINDS
+from inat_keras.sweep_report import from_folder, importance
+from inat_keras.train import TrainingDiverged
+
+STUDY_SPACE = {
+    "augment": [True, False],
+    "batch_norm": [True, False],
+    "dropout": [0.0, 0.2, 0.3, 0.4],
+    "learning_rate": [0.01, 0.001, 0.0005, 0.0001],
+    "activation": ["relu", "leaky_relu", "parametric_relu", "gelu", "silu", "mish"],
+    "filters": ["equal16", "equal32", "equal64", "doubling16", "doubling32", "halving256"],
+    "kernel_sizes": ["constant3", "constant5", "constant7", "decreasing", "increasing"],
+    "dense_units": [2048, 1024, 512],
+    "batch_size": [8, 16, 32],
+}
+TINY = {"filters": [4] * 5, "kernel_sizes": [1] * 5, "image_size": 32, "dense_units": 8, "batch_size": 8, "epochs": 1}
+
+
+def sweep_file(tmp_path, parameters, constants=TINY, method="bayes", name="sweep.yaml", **extra) -> Path:
+    spec = {
+        "method": method,
+        "metric": {"name": "val_accuracy", "goal": "maximize"},
+        "parameters": {**{k: {"value": v} for k, v in constants.items()}, **parameters},
+        **extra,
+    }
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+class TrainingSpy:
+    """The scratch kind's real training, recorded by trial name, with hooks a test can set between runs."""
+
+    real = KINDS["scratch"]
+
+    def __init__(self, monkeypatch):
+        self.calls, self.before, self.after = [], None, None
+        monkeypatch.setitem(KINDS, "scratch", dataclasses.replace(self.real, train=self.train))
+
+    def train(self, config):
+        name = Path(config.output_dir).name
+        self.calls.append(name)
+        if self.before:
+            self.before(name, config)
+        result = self.real.train(config)
+        if self.after:
+            self.after(name, config)
+        return result
+
+
+def capture_runs(monkeypatch) -> list:
+    """The W&B runs that training starts."""
+    runs, start_run = [], tracking.start_run
+    monkeypatch.setattr(tracking, "start_run", lambda *a, **k: runs.append(start_run(*a, **k)) or runs[-1])
+    return runs
+
+
+def test_shipped_sweep_files_are_valid_and_cover_the_study_space(caplog):
+    sweep.load_plan(CONFIGS / "sweep_scratch.yaml", {"demo": True, "image_size": 96})
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert [m.split("'")[1] for m in warned] == ["constant5", "constant7", "increasing"]
+    assert all("parameters.kernel_sizes" in m and "smallest image size" in m for m in warned)
+    caplog.clear()
+    plan = sweep.load_plan(CONFIGS / "sweep_scratch.yaml", {"demo": True})
+    assert plan.base["image_size"] == 218  # the demo's 96 pixels raised so that constant7 fits
+    assert [r.getMessage() for r in caplog.records] == [
+        "demo sweep: image size 96 -> 218 so that every kernel option fits (pass --image-size to choose)"
+    ]
+    assert plan.kind.name == "scratch" and plan.sweep["method"] == "bayes"
+    assert plan.sweep["metric"] == {"name": "val_accuracy", "goal": "maximize"}
+    assert {k: v["values"] for k, v in plan.sweep["parameters"].items()} == STUDY_SPACE
+    finetune = sweep.load_plan(CONFIGS / "sweep_finetune.yaml")
+    assert finetune.kind.name == "finetune"
+    assert {"strategy", "k", "unfreeze_every", "learning_rate", "batch_size"} <= set(finetune.sweep["parameters"])
+
+
+def test_offline_sweep_of_three_trials_writes_trials_best_config_and_plots(tmp_path, monkeypatch, capsys):
+    wandb.init(mode="disabled").finish()  # W&B set up before the sweep: the group must not depend on its env
+    runs = capture_runs(monkeypatch)
+    constants = {"filters": [8] * 5, "kernel_sizes": [3, 3, 3, 1, 1], "image_size": 48, "augment": False}
+    path = sweep_file(tmp_path, {"dense_units": {"values": [16, 32]}, "learning_rate": {"values": [0.01, 0.003, 0.001]},
+                                 "activation": {"values": ["relu", "gelu"]}}, constants)
+    out = tmp_path / "sweep"
+    assert main(["sweep", str(path), "--count", "3", "--demo", "--epochs", "1", "--output-dir", str(out)]) == 0
+
+    state = json.loads((out / "trials.json").read_text())
+    trials = state["trials"]
+    assert [t["name"] for t in trials] == ["trial-001", "trial-002", "trial-003"]
+    assert all(t["state"] == "finished" for t in trials)
+    assert [run.group for run in runs] == [out.name] * 3
+    for trial in trials:
+        history = read_history(out / "trials" / trial["name"] / "history.csv")
+        assert trial["metric"] == pytest.approx(max(float(r["val_accuracy"]) for r in history))
+        saved = yaml.safe_load((out / "trials" / trial["name"] / "config.yaml").read_text())
+        assert {k: saved[k] for k in trial["params"]} == trial["params"]
+        assert saved["epochs"] == 1 and saved["demo"] is True
+    best = max(trials, key=lambda t: t["metric"])
+
+    with open(out / "trials.csv") as f:
+        rows = list(csv.DictReader(f))
+    metrics = [float(r["val_accuracy"]) for r in rows]
+    assert metrics == sorted(metrics, reverse=True) and rows[0]["trial"] == best["name"]
+    assert metrics[0] == pytest.approx(best["metric"], abs=1e-4)
+
+    best_yaml = yaml.safe_load((out / "best_config.yaml").read_text())
+    assert best_yaml == {k: v for k, v in best["config"].items() if k not in sweep.COMMAND_OPTIONS}
+    retrain = load_config(ScratchConfig, out / "best_config.yaml", {"demo": True})
+    for name, value in best["params"].items():
+        assert getattr(retrain, name) == value
+    for png in ("parallel_coordinates.png", "metric_over_trials.png"):
+        assert Image.open(out / png).size[0] > 100
+    assert (out / "report.md").read_text().count("trial-00") == 3
+
+    capsys.readouterr()
+    assert main(["sweep-report", str(out), "--output-dir", str(tmp_path / "again")]) == 0
+    printed = capsys.readouterr().out
+    assert printed.index(rows[0]["trial"]) < printed.index(rows[1]["trial"]) < printed.index(rows[2]["trial"])
+    assert (tmp_path / "again" / "best_config.yaml").read_text().splitlines()[2:] == \
+        (out / "best_config.yaml").read_text().splitlines()[2:]
+
+
+def test_a_killed_sweep_resumes_without_losing_or_repeating_trials(image_folder, tmp_path, monkeypatch):
+    space = {"learning_rate": {"values": [0.03, 0.01, 0.003]}, "activation": {"values": ["relu", "gelu"]}}
+    path = sweep_file(tmp_path, space)
+    out = tmp_path / "sweep"
+    options = {"data_dir": str(image_folder)}
+
+    def killed_after_training(name, config):  # its folder is complete, its record still says running
+        if name == "trial-001":
+            raise KeyboardInterrupt
+
+    def killed_mid_trial(name, config):  # dies leaving a half-written folder
+        if name == "trial-002":
+            Path(config.output_dir).mkdir(parents=True)
+            (Path(config.output_dir) / "config.yaml").write_text("half")
+            raise KeyboardInterrupt
+
+    spy = TrainingSpy(monkeypatch)
+    spy.after = killed_after_training
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run_sweep(path, 2, options, out)
+    assert [t["state"] for t in json.loads((out / "trials.json").read_text())["trials"]] == ["running"]
+
+    seen, propose = [], sweep.propose
+    def listening(spec, trials, seed):
+        seen.append(json.loads(json.dumps(trials)))
+        return propose(spec, trials, seed)
+
+    monkeypatch.setattr(sweep, "propose", listening)
+    spy.after, spy.before = None, killed_mid_trial
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run_sweep(path, 2, options, out)
+    second = json.loads((out / "trials.json").read_text())["trials"]
+    assert [t["state"] for t in second] == ["finished", "running"]
+    spy.before = None
+    sweep.run_sweep(path, 2, options, out)
+
+    trials = json.loads((out / "trials.json").read_text())["trials"]
+    assert spy.calls == ["trial-001", "trial-002", "trial-002"]
+    assert [t["state"] for t in trials] == ["finished", "finished"]
+    assert trials[0] == second[0] and trials[1]["params"] == second[1]["params"]
+    for trial in trials:
+        history = read_history(out / "trials" / trial["name"] / "history.csv")
+        assert trial["metric"] == pytest.approx(max(float(r["val_accuracy"]) for r in history))
+    assert len(seen) == 1 and seen[0] == [trials[0]]
+
+
+def test_failing_trials_are_recorded_and_the_sweep_goes_on(image_folder, tmp_path, monkeypatch):
+    space = {"dense_units": {"values": [8, 16]}, "kernel_sizes": {"values": [[1] * 5, "constant3"]}}
+    path = sweep_file(tmp_path, space, method="grid")
+
+    def diverge(name, config):
+        if name == "trial-001":
+            raise TrainingDiverged("the loss became NaN")
+
+    TrainingSpy(monkeypatch).before = diverge
+    _, out = sweep.run_sweep(path, 5, {"data_dir": str(image_folder)}, tmp_path / "sweep")
+    trials = json.loads((out / "trials.json").read_text())["trials"]
+    assert [(t["params"]["dense_units"], t["params"]["kernel_sizes"]) for t in trials] == [
+        (8, [1] * 5), (8, "constant3"), (16, [1] * 5), (16, "constant3")
+    ]
+    assert [t["state"] for t in trials] == ["failed", "failed", "finished", "failed"]
+    assert trials[0]["reason"] == "TrainingDiverged: the loss became NaN"
+    assert trials[1]["reason"].startswith("ConfigError") and "too small" in trials[1]["reason"]
+    assert from_folder(out).finished() == [trials[2]]
+
+
+def test_bayes_proposes_from_the_metrics_it_is_given():
+    spec = {"method": "bayes", "metric": {"name": "val_accuracy", "goal": "maximize"},
+            "parameters": {"dropout": {"min": 0.0, "max": 0.9}}}
+
+    def trials(slope):
+        points = [0.05, 0.25, 0.45, 0.65, 0.85]
+        return [{"name": f"t{i}", "state": "finished", "params": {"dropout": x},
+                 "summary": {"val_accuracy": 0.5 + slope * x}} for i, x in enumerate(points)]
+
+    rising = sweep.propose(spec, trials(+0.5), seed=7)["dropout"]
+    falling = sweep.propose(spec, trials(-0.5), seed=7)["dropout"]
+    assert sweep.propose(spec, trials(+0.5), seed=7)["dropout"] == rising
+    assert type(rising) is float
+    assert rising > 0.6 and falling < 0.3
+
+
+def test_training_logs_the_sweep_metric_under_its_exact_name(image_folder, tmp_path, monkeypatch):
+    from conftest import tiny_cnn_values
+
+    logged, runs, start_run = set(), [], tracking.start_run
+
+    def start_and_listen(*args, **kwargs):  # wandb.init rebinds wandb.log, so listen after it
+        runs.append(start_run(*args, **kwargs))
+        log = wandb.log
+        monkeypatch.setattr(wandb, "log", lambda data, *a, **k: logged.update(data) or log(data, *a, **k))
+        return runs[-1]
+
+    monkeypatch.setattr(tracking, "start_run", start_and_listen)
+    config = load_config(ScratchConfig, None, {**tiny_cnn_values(), "epochs": 3, "data_dir": str(image_folder),
+                                               "output_dir": str(tmp_path / "run")})
+    run_dir, _ = KINDS["scratch"].train(config)
+
+    history = read_history(run_dir / "history.csv")
+    for path in sorted(CONFIGS.glob("sweep_*.yaml")):
+        metric = yaml.safe_load(path.read_text())["metric"]
+        assert metric["name"] in logged, path
+        assert metric["name"].startswith("val_")
+        best = tracking.best_value(metric["name"], [r[metric["name"]] for r in history])
+        assert runs[0].summary[metric["name"]] == pytest.approx(best)
+    assert all(name in logged for name in tracking.SWEEP_METRICS)
+
+
+def test_the_run_summary_holds_the_best_epoch_not_the_last(tmp_path):
+    import keras
+
+    run = tracking.start_run({}, tmp_path, "disabled", "p")
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer="adam", loss="mse")
+    logger = tracking.MetricsLogger()
+    logger.set_model(model)
+    for epoch, (accuracy, loss) in enumerate([(0.5, 1.0), (0.7, 0.9), (0.6, 0.95)]):
+        logger.on_epoch_end(epoch, {"val_accuracy": accuracy, "val_loss": loss, "accuracy": 0.9})
+    assert (run.summary["val_accuracy"], run.summary["val_loss"]) == (0.7, 0.9)
+    assert "accuracy" not in run.summary and run.summary["epoch/accuracy"] == 0.9
+    run.finish()
+
+
+@pytest.mark.parametrize(
+    "change, key",
+    [
+        ({"parameters": {"filterz": {"values": ["equal16"]}}}, "parameters.filterz"),
+        ({"parameters": {"activation": {"values": ["relu", "swish"]}}}, "parameters.activation"),
+        ({"parameters": {"filters": {"values": ["equal16", "equal8"]}}}, "parameters.filters"),
+        ({"parameters": {"dropout": {"min": 0.0, "max": 1.0}}}, "parameters.dropout"),
+        ({"parameters": {"dense_units": {"values": [512, 8.5]}}}, "parameters.dense_units"),
+        ({"parameters": {"dropout": {"distribution": "normal", "mu": 0.2, "sigma": 0.1}}}, "parameters.dropout"),
+        ({"parameters": {"demo": {"values": [True, False]}}}, "parameters.demo"),
+        ({"parameters": {"strategy": {"values": ["full"]}}}, "mixes options"),
+        ({"method": "bayesian"}, "method"),
+        ({"metric": None}, "metric is missing"),
+        ({"metric": {"name": "accuracy", "goal": "maximize"}}, "metric.name 'accuracy'"),
+        ({"metric": {"name": "epoch/val_accuracy", "goal": "maximize"}}, "metric.name 'epoch/val_accuracy'"),
+        ({"metric": {"name": "test_accuracy", "goal": "maximize"}}, "metric.name 'test_accuracy'"),
+        ({"metric": {"name": "val_accuracy"}}, "metric.goal"),
+        ({"metric": {"name": "val_loss", "goal": "maximize"}}, "metric.goal"),
+        ({"early_stop": {"type": "hyperband"}}, "early_stop"),
+    ],
+)
+def test_invalid_sweep_files_are_refused_naming_the_key(tmp_path, change, key):
+    spec = yaml.safe_load((CONFIGS / "sweep_scratch.yaml").read_text())
+    for section, value in change.items():
+        if section == "parameters":
+            spec["parameters"].update(value)
+        elif value is None:
+            del spec[section]
+        else:
+            spec[section] = value
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.").replace("(", r"\(")):
+        sweep.load_plan(path, {"demo": True})
+
+
+def test_a_refused_file_starts_nothing(tmp_path, capsys):
+    path = sweep_file(tmp_path, {"activation": {"values": ["relu", "swish"]}})
+    assert main(["sweep", str(path), "--count", "2", "--demo", "--output-dir", str(tmp_path / "out")]) == 2
+    assert "parameters.activation" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_space_where_no_model_fits_is_refused(tmp_path):
+    path = sweep_file(tmp_path, {"kernel_sizes": {"values": ["constant3", "decreasing"]}})  # 32-pixel images
+    with pytest.raises(ConfigError, match="no combination.*image size 32 is too small"):
+        sweep.load_plan(path, {"demo": True})
+    assert sweep.load_plan(path, {"demo": True, "image_size": 94}).base["image_size"] == 94
+
+
+def test_command_line_options_may_not_override_a_swept_parameter(tmp_path):
+    path = sweep_file(tmp_path, {"epochs": {"values": [1, 2]}}, {k: v for k, v in TINY.items() if k != "epochs"})
+    with pytest.raises(ConfigError, match="parameters.epochs is swept"):
+        sweep.load_plan(path, {"demo": True, "epochs": 1})
+
+
+def test_a_folder_of_another_sweep_is_not_resumed(image_folder, tmp_path, monkeypatch):
+    def refuse(config):
+        raise ConfigError("not trained here")
+
+    monkeypatch.setitem(KINDS, "scratch", dataclasses.replace(KINDS["scratch"], train=refuse))
+    out = tmp_path / "sweep"
+    first = sweep_file(tmp_path, {"learning_rate": {"values": [0.01, 0.003]}}, method="grid")
+    sweep.run_sweep(first, 1, {"data_dir": str(image_folder)}, out)
+    trials = json.loads((out / "trials.json").read_text())["trials"]
+    assert [t["reason"] for t in trials] == ["ConfigError: not trained here"]
+    with pytest.raises(ConfigError, match="other settings.*epochs"):
+        sweep.run_sweep(first, 2, {"data_dir": str(image_folder), "epochs": 2}, out)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="holds no sweep"):
+        sweep.run_sweep(first, 1, {"data_dir": str(image_folder)}, tmp_path / "other")
+
+
+def test_online_only_when_logged_in_and_not_offline(tmp_path, monkeypatch):
+    path = sweep_file(tmp_path, {"learning_rate": {"values": [0.01, 0.003]}})
+    chosen = []
+    monkeypatch.setattr(sweep, "run_local", lambda *a: chosen.append("local"))
+    monkeypatch.setattr(sweep, "run_online", lambda *a: chosen.append("online"))
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setattr(tracking, "logged_in", lambda: False)
+    sweep.run_sweep(path, 1, {"demo": True}, tmp_path / "a")
+    with pytest.raises(ConfigError, match="--sweep-id"):
+        sweep.run_sweep(path, 1, {"demo": True}, tmp_path / "b", sweep_id="abc")
+    monkeypatch.setattr(tracking, "logged_in", lambda: True)
+    sweep.run_sweep(path, 1, {"demo": True}, tmp_path / "c")
+    sweep.run_sweep(path, 1, {"demo": True}, tmp_path / "d", offline=True)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    sweep.run_sweep(path, 1, {"demo": True}, tmp_path / "e")
+    assert chosen == ["local", "online", "local", "local"]
+
+
+class FakeRun:
+    def __init__(self, config):
+        self.id, self.config, self.summary, self.sweep_id, self.exit_code = "run42", config, {}, "abc", None
+
+    def finish(self, exit_code=0):
+        self.exit_code = exit_code
+
+
+def test_the_agent_trains_the_config_that_wandb_proposes(tmp_path, monkeypatch, capsys):
+    space = {"learning_rate": {"values": [0.01, 0.003]}, "activation": {"values": ["relu", "gelu"]}}
+    path = sweep_file(tmp_path, space, entity="team", project="inat-sweeps")
+    trained, created = [], []
+    proposal = {**TINY, "learning_rate": 0.003, "activation": "gelu"}
+    run = FakeRun(proposal)
+
+    def agent(sweep_id, function, entity, project, count):
+        assert (sweep_id, entity, project, count) == ("abc", "team", "inat-sweeps", 2)
+        function()
+
+    monkeypatch.setattr(wandb, "sweep", lambda sweep, project, entity: created.append(sweep) or "abc")
+    monkeypatch.setattr(wandb, "agent", agent)
+    monkeypatch.setattr(wandb, "init", lambda **kwargs: run)
+    monkeypatch.setattr(wandb, "run", run)
+    monkeypatch.setitem(KINDS, "scratch", dataclasses.replace(KINDS["scratch"], train=trained.append))
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setattr(tracking, "logged_in", lambda: True)
+
+    mode, out = sweep.run_sweep(path, 2, {"demo": True}, tmp_path / "sweep")
+    assert mode == "online" and created[0]["parameters"]["activation"] == {"values": ["relu", "gelu"]}
+    printed = capsys.readouterr().out
+    assert "sweep id: abc" in printed and "https://wandb.ai/team/inat-sweeps/sweeps/abc" in printed
+    config = trained[0]
+    assert (config.learning_rate, config.activation, config.filters, config.image_size) == (0.003, "gelu", [4] * 5, 32)
+    assert config.demo and config.wandb == "online" and config.wandb_project == "inat-sweeps"
+    assert Path(config.output_dir) == out / "trials" / "run42"
+    assert run.exit_code is None
+
+    def refuse(config):
+        raise ConfigError("image size 32 is too small")
+
+    monkeypatch.setitem(KINDS, "scratch", dataclasses.replace(KINDS["scratch"], train=refuse))
+    sweep.run_sweep(path, 2, {"demo": True}, tmp_path / "sweep2", sweep_id="abc")
+    assert run.exit_code == 1 and "too small" in run.summary["failure"]
+    assert len(created) == 1
+
+
+def test_a_sweep_run_started_by_the_agent_is_reused(tmp_path, monkeypatch):
+    run = FakeRun({"learning_rate": 0.003})
+    monkeypatch.setattr(wandb, "run", run)
+    monkeypatch.setattr(wandb, "init", lambda **kwargs: pytest.fail("a second init would end the agent's run"))
+    assert tracking.start_run({"epochs": 1, "learning_rate": 0.1}, tmp_path, "online", "p") is run
+    assert run.config == {"learning_rate": 0.003, "epochs": 1}  # the sweep's value stays
+
+
+def test_importance_finds_the_parameter_that_decides_the_metric():
+    trials = [
+        {"name": f"t{i}", "number": i, "state": "finished", "metric": 0.2 + 0.5 * (lr == 0.001) + 0.01 * (i % 2),
+         "params": {"learning_rate": lr, "activation": act}}
+        for i, (lr, act) in enumerate([(0.01, "relu"), (0.001, "relu"), (0.01, "gelu"), (0.001, "gelu"),
+                                       (0.01, "relu"), (0.001, "gelu"), (0.01, "gelu"), (0.001, "relu")])
+    ]
+    record = sweep_report_record(trials)
+    rows = {r["parameter"]: r for r in importance(record)}
+    assert max(rows, key=lambda k: rows[k]["importance"]) == "learning_rate"
+    assert rows["learning_rate"]["pearson"] < -0.9 and rows["learning_rate"]["spearman"] < -0.9
+    assert abs(rows["activation=relu"]["pearson"]) < 0.2 and not math.isnan(rows["activation=gelu"]["importance"])
+
+
+def sweep_report_record(trials):
+    from inat_keras.sweep_report import SweepRecord
+
+    parameters = {"learning_rate": {"values": [0.01, 0.001]}, "activation": {"values": ["relu", "gelu"]}}
+    return SweepRecord("s", KINDS["scratch"], "val_accuracy", parameters, trials)
+
+
+def test_a_wandb_sweep_is_reported_like_a_local_one(tmp_path, monkeypatch):
+    from inat_keras.sweep_report import load_sweep, write_report
+
+    def run(name, created, state, accuracy, lr, failure=None):
+        config = {**TINY, "learning_rate": lr, "activation": "relu", "kind": "scratch", "classes": ["a", "b"]}
+        summary = {"val_accuracy": accuracy, "failure": failure} if accuracy is not None else {"failure": failure}
+        return type("Run", (), {"name": name, "created_at": created, "state": state, "config": config,
+                                "summary": summary})()
+
+    spec = yaml.safe_load((CONFIGS / "sweep_scratch.yaml").read_text())
+    runs = [run("b", "2026-01-02", "finished", 0.4, 0.001), run("a", "2026-01-01", "finished", 0.6, 0.01),
+            run("c", "2026-01-03", "failed", None, 0.0005, "ConfigError: too small"),
+            run("d", "2026-01-04", "running", None, 0.01)]
+    paths = []
+
+    class Api:
+        default_entity = "me"
+
+        def sweep(self, path):
+            paths.append(path)
+            return type("Sweep", (), {"id": "abc", "config": spec, "runs": runs})()
+
+    monkeypatch.setattr(wandb, "Api", Api)
+    monkeypatch.setattr(tracking, "logged_in", lambda: True)
+    record, out = load_sweep("abc", "inat-keras")
+    assert paths == ["me/inat-keras/abc"] and out.name == "sweep-abc"
+    assert [(t["name"], t["number"], t["state"]) for t in record.trials] == [
+        ("a", 1, "finished"), ("b", 2, "finished"), ("c", 3, "failed"), ("d", 4, "running")]
+    assert record.trials[2]["reason"] == "ConfigError: too small"
+    written = write_report(record, tmp_path / "report")
+    best = yaml.safe_load(written["best_config.yaml"].read_text())
+    assert best["learning_rate"] == 0.01 and "kind" not in best and "classes" not in best
+    load_config(ScratchConfig, written["best_config.yaml"], {"demo": True})
