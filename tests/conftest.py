@@ -11,6 +11,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from pathlib import Path  # noqa: E402
 
+import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -56,3 +57,15 @@ def tiny_cnn_values() -> dict:
 @pytest.fixture
 def tiny_cnn_options() -> dict:
     return tiny_cnn_values()
+
+
+class Interrupt(keras.callbacks.Callback):
+    """Stands in for a kill: stops training as the given epoch begins."""
+
+    def __init__(self, at_epoch):
+        super().__init__()
+        self.at_epoch = at_epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.at_epoch:
+            raise KeyboardInterrupt

@@ -11,6 +11,7 @@ import keras
 import numpy as np
 import pytest
 
+from conftest import Interrupt
 from inat_keras import tracking
 from inat_keras.callbacks import read_history
 from inat_keras.cli import main
@@ -233,16 +234,6 @@ def test_gradual_unfreezing_grows_on_schedule_and_continues_across_stages(
     owl = str(image_folder / "val" / "owl" / "owl_000.jpg")
     [(_, ranked)] = predict_images(str(run_dir / "model.keras"), [owl], None, False)
     assert sorted(name for name, _ in ranked) == ["cat", "dog", "owl"]
-
-
-class Interrupt(keras.callbacks.Callback):
-    def __init__(self, at_epoch):
-        super().__init__()
-        self.at_epoch = at_epoch
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if epoch == self.at_epoch:
-            raise KeyboardInterrupt
 
 
 def test_an_interrupted_gradual_run_resumes_with_the_right_stage_and_adam_state(image_folder, tmp_path):

@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import pytest
 
+from conftest import Interrupt
 from inat_keras.callbacks import read_history
 from inat_keras.cli import main
 from inat_keras.cnn import build_cnn
@@ -54,16 +55,6 @@ def test_a_finished_run_is_never_overwritten(image_folder, tmp_path):
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(ConfigError, match="no interrupted run"):
         train(config_for(image_folder, tmp_path / "other"))
-
-
-class Interrupt(keras.callbacks.Callback):
-    def __init__(self, at_epoch):
-        super().__init__()
-        self.at_epoch = at_epoch
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if epoch == self.at_epoch:
-            raise KeyboardInterrupt
 
 
 class Seen(keras.callbacks.Callback):
