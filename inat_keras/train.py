@@ -19,7 +19,7 @@ import numpy as np
 
 from . import tracking
 from .callbacks import AtomicModelCheckpoint, EpochTimer, ResumableCSVLogger, StagedBackupAndRestore, read_history
-from .config import ConfigError, TrainConfig, save_config, to_dict
+from .config import ConfigError, TrainConfig, read_yaml, save_config, to_dict
 from .data import Splits, load_splits, make_dataset, splits_from_record
 from .datasets import resolve_data_dir
 from .evaluate import evaluate_model
@@ -64,7 +64,7 @@ def open_run_dir(output_dir: str | None, kind: str, config: TrainConfig) -> tupl
         raise ConfigError(f"{run_dir} holds a finished run ({METRICS}); choose a new --output-dir")
     if not (run_dir / BACKUP).is_dir() or not (run_dir / CONFIG).exists():
         raise ConfigError(f"{run_dir} is not empty and holds no interrupted run to resume; choose a new --output-dir")
-    saved = _read_yaml(run_dir / CONFIG)
+    saved = read_yaml(run_dir / CONFIG)
     current = to_dict(config)
     ignore = {"output_dir", "wandb", "epochs", "early_stopping"}
     changed = sorted(k for k in current if k not in ignore and saved.get(k) != current[k])
@@ -75,13 +75,6 @@ def open_run_dir(output_dir: str | None, kind: str, config: TrainConfig) -> tupl
         )
     log.info("resuming the interrupted run in %s", run_dir)
     return run_dir, True
-
-
-def _read_yaml(path: Path) -> dict:
-    import yaml
-
-    with open(path) as f:
-        return yaml.safe_load(f)
 
 
 def prepare_splits(config: TrainConfig, run_dir: Path, resuming: bool) -> Splits:
