@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import os
 import time
 import warnings
@@ -28,6 +29,19 @@ class EpochTimer(keras.callbacks.Callback):
         if logs is not None:
             logs["epoch_seconds"] = seconds
             logs["images_per_second"] = self.images_per_epoch / seconds
+
+
+class PaddedValidationLoss(keras.callbacks.Callback):
+    """Keras divides the validation loss by every image of its batches, zero-weight padding included
+    (data.pad_batch); scaling by padded/real images makes it the mean over the real ones. Goes first."""
+
+    def __init__(self, images: int, batch_size: int):
+        super().__init__()
+        self.scale = math.ceil(images / batch_size) * batch_size / images
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs and "val_loss" in logs:
+            logs["val_loss"] = float(logs["val_loss"]) * self.scale
 
 
 class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):

@@ -10,7 +10,7 @@ import keras
 from keras import layers
 
 from .config import ConfigError, ScratchConfig
-from .jax_layers import Activation, BlockMaxPooling2D
+from .layers import Activation, BatchNormalization, BlockMaxPooling2D
 
 
 def activation_layer(name: str, layer_name: str) -> keras.layers.Layer:
@@ -58,7 +58,7 @@ def build_cnn(config: ScratchConfig, num_classes: int) -> keras.Model:
     for i, (filters, kernel) in enumerate(zip(config.filters, config.kernel_sizes), start=1):
         x = layers.Conv2D(filters, kernel, padding="valid", name=f"block{i}_conv")(x)
         if config.batch_norm:
-            x = layers.BatchNormalization(name=f"block{i}_bn")(x)
+            x = BatchNormalization(name=f"block{i}_bn")(x)
         x = activation_layer(config.activation, f"block{i}_act")(x)
         if config.dropout:
             x = layers.Dropout(config.dropout, name=f"block{i}_dropout")(x)
@@ -66,7 +66,7 @@ def build_cnn(config: ScratchConfig, num_classes: int) -> keras.Model:
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dense(config.dense_units, name="dense")(x)
     if config.batch_norm:
-        x = layers.BatchNormalization(name="dense_bn")(x)
+        x = BatchNormalization(name="dense_bn")(x)
     x = activation_layer(config.activation, "dense_act")(x)
     if config.dropout:
         x = layers.Dropout(config.dropout, name="dense_dropout")(x)

@@ -33,6 +33,9 @@ KERNEL_PRESETS = {
     "increasing": [1, 3, 3, 5, 5],
 }
 STRATEGIES = ("full", "head", "last_k", "gradual")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+DISTRIBUTE_MODES = ("auto", "none", "data-parallel")
+JIT_MODES = ("auto", "on", "off")
 # EfficientNetV2-S downsamples by 32 and keras.applications, the source of its ImageNet weights, refuses
 # smaller inputs (keras-cv's backbone itself computes at any size; measured down to 1 pixel).
 EFFICIENTNET_MIN_IMAGE_SIZE = 32
@@ -61,7 +64,7 @@ class TrainConfig:
     zoom: float = _doc("max random zoom as a fraction of the size (0 disables)", default=0.1)
     color_jitter: float = _doc("max brightness/contrast/saturation change (0 disables)", default=0.1)
     val_fraction: float = _doc("fraction of train/ held out for validation, stratified (0: train on all, keep the last epoch)", default=0.2)
-    batch_size: int = _doc("images per training step", default=32)
+    batch_size: int = _doc("images per training step on each device (the global batch is this times the devices)", default=32)
     epochs: int = _doc("training epochs", default=10)
     learning_rate: float = _doc("Adam learning rate", default=1e-4)
     seed: int = _doc("seed for the split, initialisation and augmentation", default=42)
@@ -69,9 +72,13 @@ class TrainConfig:
     output_dir: str | None = _doc("the run's folder (new, or an interrupted run to resume)", default=None)
     wandb: str = _doc("W&B mode: auto (online if logged in, else offline), online, offline, disabled", default="auto")
     wandb_project: str = _doc("W&B project name", default="inat-keras")
+    precision: str = _doc("float32, mixed_float16 or mixed_bfloat16 (compute in 16 bits, weights and logits in 32)", default="float32")
+    distribute: str = _doc("auto (data-parallel on several GPUs or processes), none, or data-parallel", default="auto")
+    steps_per_execution: int = _doc("training steps per compiled call (more cuts per-step overhead on fast devices)", default=1)
+    jit_compile: str = _doc("XLA-compile the TensorFlow step: auto (Keras decides; on for GPUs), on, off", default="auto")
 
     def validate(self) -> None:
-        positive = ("image_size", "batch_size", "epochs")
+        positive = ("image_size", "batch_size", "epochs", "steps_per_execution")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -88,8 +95,10 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if self.early_stopping < 0:
             raise ConfigError(f"early_stopping is a patience in epochs (0 disables), got {self.early_stopping}")
-        if self.wandb not in WANDB_MODES:
-            raise ConfigError(f"wandb must be one of {', '.join(WANDB_MODES)}, got {self.wandb!r}")
+        choices = {"wandb": WANDB_MODES, "precision": PRECISIONS, "distribute": DISTRIBUTE_MODES, "jit_compile": JIT_MODES}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if self.demo and self.data_dir:
             raise ConfigError("give either --demo or --data-dir, not both")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
@@ -320,18 +321,59 @@ def make_dataset(
     training: bool,
     channels: int = 3,
     cache: str = "auto",
+    batch_size: int | None = None,
+    even_batches: bool = False,
+    epochs: tuple[int, int] = (0, 1),
 ) -> tf.data.Dataset:
     """Decode in parallel and cache the resized images (`cache`: auto, memory or disk), so that later
-    epochs decode nothing; then shuffle and augment (training only, fresh every epoch), batch, prefetch."""
+    epochs decode nothing; then shuffle and augment (training only, fresh every epoch), batch, prefetch.
+
+    Training yields the epochs [first, last) as one stream (fit needs `steps_per_epoch`); each epoch is
+    shuffled with a seed of its own, so the order is the same on any device count and after a resume.
+    `even_batches` (data parallelism splits every batch evenly over devices and processes): training
+    drops a last partial batch, a different one each epoch; evaluation pads it to a full batch with
+    zero-weight images, so that each real image still counts exactly once.
+    """
+    batch_size = batch_size or config.batch_size
     ds = tf.data.Dataset.from_tensor_slices((split.paths, np.asarray(split.labels, dtype="int32")))
     size = config.image_size
     ds = ds.map(lambda p, y: (decode_resize(p, size, channels), y), num_parallel_calls=tf.data.AUTOTUNE)
     ds = cache_decoded(ds, split, size, channels, cache)
     if training:
-        ds = ds.shuffle(len(split), seed=config.seed, reshuffle_each_iteration=True)
-    ds = ds.batch(config.batch_size)
+        ds = shuffled_epochs(ds, len(split), config.seed, epochs, batch_size, drop_remainder=even_batches)
+    else:
+        ds = ds.batch(batch_size)
     ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
     augment = augmenter(config) if training else None
     if augment is not None:
         ds = ds.map(lambda x, y: (augment(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
+    if even_batches and not training:
+        ds = ds.map(lambda x, y: pad_batch(x, y, batch_size))
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def shuffled_epochs(
+    cached: tf.data.Dataset, size: int, seed: int, epochs: tuple[int, int], batch_size: int, drop_remainder: bool
+) -> tf.data.Dataset:
+    """No reshuffle state: tf.distribute copies the pipeline and loses such state (the order then
+    differs from one device's); a seed per epoch is part of the pipeline itself."""
+
+    def epoch(index):
+        order = cached.shuffle(size, seed=index + seed * 100_003, reshuffle_each_iteration=False)
+        return order.batch(batch_size, drop_remainder=drop_remainder)
+
+    return tf.data.Dataset.range(*epochs).flat_map(epoch)
+
+
+def steps_per_epoch(images: int, batch_size: int, even_batches: bool = False) -> int:
+    return images // batch_size if even_batches else math.ceil(images / batch_size)
+
+
+def pad_batch(x: tf.Tensor, y: tf.Tensor, batch_size: int) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """(x, y) padded with black images to `batch_size`, and sample weights that are 0 for the padding."""
+    real = tf.shape(x)[0]
+    missing = batch_size - real
+    x = tf.pad(x, [[0, missing], [0, 0], [0, 0], [0, 0]])
+    y = tf.pad(y, [[0, missing]])
+    weights = tf.concat([tf.ones([real]), tf.zeros([missing])], axis=0)
+    return tf.ensure_shape(x, [batch_size, *x.shape[1:]]), tf.ensure_shape(y, [batch_size]), weights

@@ -23,7 +23,7 @@ def load_checkpoint(path: str | Path) -> keras.Model:
         raise DataError(f"{path} is not a .keras model file (runs write model.keras)")
     import keras_cv  # noqa: F401  (registers the backbone classes that fine-tuned models use)
 
-    from . import jax_layers  # noqa: F401  (registers the layer classes that the CNN uses)
+    from . import layers  # noqa: F401  (registers the layer classes that the CNN uses)
 
     return keras.models.load_model(path, compile=False)  # inference only; skips the training optimizer
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
 import logging
 import math
 import os
+import shutil
 import statistics
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -18,10 +21,18 @@ import keras
 import numpy as np
 
 from . import tracking
-from .callbacks import AtomicModelCheckpoint, EpochTimer, ResumableCSVLogger, StagedBackupAndRestore, read_history
+from .callbacks import (
+    AtomicModelCheckpoint,
+    EpochTimer,
+    PaddedValidationLoss,
+    ResumableCSVLogger,
+    StagedBackupAndRestore,
+    read_history,
+)
 from .config import ConfigError, TrainConfig, read_yaml, save_config, to_dict
-from .data import Splits, load_splits, make_dataset, splits_from_record
+from .data import Splits, load_splits, make_dataset, splits_from_record, steps_per_epoch
 from .datasets import resolve_data_dir
+from .distribute import place
 from .evaluate import evaluate_model
 
 log = logging.getLogger(__name__)
@@ -66,7 +77,7 @@ def open_run_dir(output_dir: str | None, kind: str, config: TrainConfig) -> tupl
         raise ConfigError(f"{run_dir} is not empty and holds no interrupted run to resume; choose a new --output-dir")
     saved = read_yaml(run_dir / CONFIG)
     current = to_dict(config)
-    ignore = {"output_dir", "wandb", "epochs", "early_stopping"}
+    ignore = {"output_dir", "wandb", "epochs", "early_stopping", "steps_per_execution", "jit_compile"}
     changed = sorted(k for k in current if k not in ignore and saved.get(k) != current[k])
     if changed:
         raise ConfigError(
@@ -93,8 +104,21 @@ def compile_model(model: keras.Model, config: TrainConfig) -> None:
     model.compile(
         optimizer=keras.optimizers.Adam(config.learning_rate),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
+        weighted_metrics=["accuracy"],  # so that zero-weight padding (data.pad_batch) is not counted
+        steps_per_execution=config.steps_per_execution,
+        jit_compile={"auto": "auto", "on": True, "off": False}[config.jit_compile],
     )
+
+
+@contextlib.contextmanager
+def dtype_policy(name: str):
+    """Layers built inside compute in `name` (their weights stay float32); the previous policy comes back."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
 
 
 def best_so_far(run_dir: Path) -> float | None:
@@ -134,6 +158,20 @@ def make_callbacks(config: TrainConfig, run_dir: Path, images_per_epoch: int, ex
     return callbacks, timer
 
 
+def worker_run_dir(output_dir: str | None) -> tuple[Path, bool]:
+    """A private folder for a process that is not the first: it writes nothing where others look.
+
+    It starts from a copy of the shared run folder when that holds an interrupted run (a shared
+    file system), so that every process resumes at the same epoch.
+    """
+    private = Path(tempfile.mkdtemp(prefix="inat-keras-worker-"))
+    shared = Path(output_dir) if output_dir else None
+    resuming = bool(shared and (shared / BACKUP).is_dir())
+    if resuming:
+        shutil.copytree(shared, private, dirs_exist_ok=True, ignore=shutil.ignore_patterns("wandb"))
+    return private, resuming
+
+
 def run_training(
     config: TrainConfig,
     kind: str,
@@ -142,49 +180,25 @@ def run_training(
     extra_callbacks: Callable[[keras.Model], list] | None = None,
     extra_metrics: Callable[[keras.Model, list[Stage]], dict] | None = None,
 ) -> tuple[Path, dict]:
-    """Train in stages (one for scratch), then evaluate the best checkpoint on the test split."""
+    """Train in stages (one for scratch), then evaluate the best checkpoint on the test split.
+
+    With several processes only the first writes the run folder, W&B and the test report; the others
+    return the shared folder's path and no metrics.
+    """
+    placement = place(config.distribute)
+    if not placement.is_chief:
+        run_dir, resuming = worker_run_dir(config.output_dir)
+        try:
+            fit_stages(dataclasses.replace(config, wandb="disabled"), run_dir, resuming, kind, placement,
+                       build_model, plan_stages, extra_callbacks)  # fmt: skip
+        finally:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        return Path(config.output_dir or run_dir), {}
     run_dir, resuming = open_run_dir(config.output_dir, kind, config)
     config = dataclasses.replace(config, output_dir=str(run_dir))
-    keras.utils.set_random_seed(config.seed)
-    splits = prepare_splits(config, run_dir, resuming)
-    save_config(config, run_dir / CONFIG)
-    channels = getattr(config, "channels", 3)
-    train_ds = make_dataset(splits.train, config, training=True, channels=channels)
-    val_ds = make_dataset(splits.val, config, training=False, channels=channels) if len(splits.val) else None
-    test_ds = make_dataset(splits.test, config, training=False, channels=channels)
-
-    model = build_model(len(splits.class_names))
-    stages = plan_stages(model, config) if plan_stages else [Stage(0, config.epochs)]
-    run_id_file = run_dir / "wandb_id.txt"
-    wandb_run = tracking.start_run(
-        {**to_dict(config), "kind": kind, "backend": keras.backend.backend(), "classes": splits.class_names},
-        run_dir,
-        config.wandb,
-        config.wandb_project,
-        resume_id=run_id_file.read_text().strip() if resuming and run_id_file.exists() else None,
+    model, stages, splits, timer, wandb_run = fit_stages(
+        config, run_dir, resuming, kind, placement, build_model, plan_stages, extra_callbacks
     )
-    run_id_file.write_text(wandb_run.id)
-    callbacks, timer = make_callbacks(
-        config, run_dir, len(splits.train), extra_callbacks(model) if extra_callbacks else []
-    )
-    start = resumed_epoch(run_dir)
-    for stage in stages:
-        if stage.stop <= start:
-            continue
-        stage.apply(model)
-        compile_model(model, config)
-        log.info("stage %s: epochs %d-%d", stage.label, max(stage.start, start) + 1, stage.stop)
-        model.fit(
-            train_ds,
-            validation_data=val_ds,
-            initial_epoch=stage.start,
-            epochs=stage.stop,
-            callbacks=callbacks,
-            shuffle=False,  # the tf.data pipeline shuffles
-            verbose=1 if sys.stdout.isatty() else 2,
-        )
-        if model.stop_training:
-            break
     history = read_history(run_dir / HISTORY)
     if any(not math.isfinite(float(r["loss"])) for r in history if r.get("loss") not in (None, "", "NA")):
         wandb_run.finish(exit_code=1)
@@ -193,8 +207,10 @@ def run_training(
         wandb_run.finish(exit_code=1)
         raise TrainingDiverged(f"no epoch produced a usable checkpoint; see {run_dir / HISTORY}")
 
-    # compile=False: evaluation needs no optimizer, and a staged run's saved one fits no reloaded model
+    # On one device, outside any distribution: every test image counts once. compile=False: evaluation
+    # needs no optimizer, and a staged run's saved one fits no reloaded model.
     best = keras.models.load_model(run_dir / CHECKPOINT, compile=False)
+    test_ds = make_dataset(splits.test, config, training=False, channels=getattr(config, "channels", 3))
     metrics, pictures, _ = evaluate_model(best, splits.test, test_ds, splits.class_names, run_dir, config.seed)
     seconds = timer.seconds or [float("nan")]
     steady = seconds[1:] if len(seconds) > 1 else seconds
@@ -209,6 +225,9 @@ def run_training(
             "first_epoch_seconds": seconds[0],
             "epochs_run": len(history),
             "backend": keras.backend.backend(),
+            **placement.describe(),
+            "global_batch_size": placement.global_batch(config.batch_size),
+            "precision": config.precision,
             "class_names": splits.class_names,
             "train_images": len(splits.train),
             "val_images": len(splits.val),
@@ -220,8 +239,68 @@ def run_training(
     write_json(run_dir / METRICS, metrics)
     log_to_wandb(wandb_run, metrics, pictures)
     wandb_run.finish()
-    _remove_backup(run_dir)
+    shutil.rmtree(run_dir / BACKUP, ignore_errors=True)
     return run_dir, metrics
+
+
+def fit_stages(config, run_dir, resuming, kind, placement, build_model, plan_stages, extra_callbacks):
+    """Build and compile inside the placement's scope (each stage's recompile too), and fit."""
+    keras.utils.set_random_seed(config.seed)
+    splits = prepare_splits(config, run_dir, resuming)
+    save_config(config, run_dir / CONFIG)
+    channels = getattr(config, "channels", 3)
+    batch = placement.global_batch(config.batch_size)
+    even = placement.needs_even_batches
+    if even and len(splits.train) < batch:
+        raise ConfigError(
+            f"the training split has {len(splits.train)} images, fewer than one global batch of {batch} "
+            f"({config.batch_size} per device x {placement.devices} devices); lower --batch-size"
+        )
+    val_ds = None
+    if len(splits.val):
+        val_ds = make_dataset(splits.val, config, training=False, channels=channels, batch_size=batch, even_batches=even)
+    padding = [PaddedValidationLoss(len(splits.val), batch)] if even and len(splits.val) else []
+
+    with dtype_policy(config.precision), placement.scope():
+        model = build_model(len(splits.class_names))
+        stages = plan_stages(model, config) if plan_stages else [Stage(0, config.epochs)]
+        run_id_file = run_dir / "wandb_id.txt"
+        wandb_run = tracking.start_run(
+            {**to_dict(config), "kind": kind, "backend": keras.backend.backend(), "classes": splits.class_names,
+             **placement.describe()},
+            run_dir,
+            config.wandb,
+            config.wandb_project,
+            resume_id=run_id_file.read_text().strip() if resuming and run_id_file.exists() else None,
+        )  # fmt: skip
+        run_id_file.write_text(wandb_run.id)
+        callbacks, timer = make_callbacks(
+            config, run_dir, len(splits.train), extra_callbacks(model) if extra_callbacks else []
+        )
+        callbacks = padding + callbacks
+        start = resumed_epoch(run_dir)
+        for stage in stages:
+            if stage.stop <= start:
+                continue
+            stage.apply(model)
+            compile_model(model, config)
+            log.info("stage %s: epochs %d-%d", stage.label, max(stage.start, start) + 1, stage.stop)
+            epochs = (max(stage.start, start), stage.stop)
+            train_ds = make_dataset(splits.train, config, training=True, channels=channels, batch_size=batch,
+                                    even_batches=even, epochs=epochs)  # fmt: skip
+            model.fit(
+                train_ds,
+                validation_data=val_ds,
+                initial_epoch=stage.start,
+                epochs=stage.stop,
+                steps_per_epoch=steps_per_epoch(len(splits.train), batch, even),
+                callbacks=callbacks,
+                shuffle=False,  # the tf.data pipeline shuffles
+                verbose=1 if sys.stdout.isatty() else 2,
+            )
+            if model.stop_training:
+                break
+    return model, stages, splits, timer, wandb_run
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -237,9 +316,3 @@ def log_to_wandb(run, metrics: dict, pictures: dict) -> None:
     flat.update({f"test_accuracy/{k}": v for k, v in metrics["per_class_test_accuracy"].items() if v is not None})
     run.summary.update(flat)
     run.log({name: wandb.Image(str(path)) for name, path in pictures.items()})
-
-
-def _remove_backup(run_dir: Path) -> None:
-    import shutil
-
-    shutil.rmtree(run_dir / BACKUP, ignore_errors=True)

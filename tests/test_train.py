@@ -128,3 +128,15 @@ def test_val_fraction_zero_trains_on_all_of_train_and_keeps_the_last_epoch(image
     assert (run_dir / "model.keras").is_file() and 0.0 <= metrics["test_accuracy"] <= 1.0
     with pytest.raises(ConfigError, match="needs val_fraction > 0"):
         config_for(image_folder, tmp_path / "other", val_fraction=0.0, early_stopping=2)
+
+
+@pytest.mark.parametrize("precision, compute", [("mixed_bfloat16", "bfloat16"), ("mixed_float16", "float16")])
+def test_mixed_precision_computes_in_16_bits_with_float32_weights_and_logits(image_folder, tmp_path, precision, compute):
+    run_dir, metrics = train(config_for(image_folder, tmp_path / "run", epochs=1, precision=precision))
+    assert metrics["precision"] == precision and np.isfinite(metrics["test_loss"])
+    assert keras.config.dtype_policy().name == "float32", "the global policy is put back"
+    model = keras.models.load_model(run_dir / "model.keras")
+    conv = model.get_layer("block1_conv")
+    assert (conv.compute_dtype, conv.kernel.dtype) == (compute, "float32")
+    logits = model(np.zeros((1, 32, 32, 3), "float32"))
+    assert keras.backend.standardize_dtype(logits.dtype) == "float32"

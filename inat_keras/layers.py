@@ -1,7 +1,9 @@
-"""Keras layers re-expressed, under JAX on a CPU, in forms that XLA:CPU runs fast.
+"""The CNN's own layers: Keras layers that keep one behaviour across backends and device counts.
 
-Each is its Keras parent (same arguments, weights, checkpoints and outputs) and runs the parent's own
-code on other backends and devices. The profiles behind them are in BENCHMARKS.md.
+Pooling and activations are re-expressed, under JAX on a CPU, in forms that XLA:CPU runs fast; each is
+its Keras parent (same arguments, weights, checkpoints and outputs) and runs the parent's own code on
+other backends and devices. The profiles behind them are in BENCHMARKS.md. Batch normalisation takes
+its statistics over the global batch on any number of devices.
 """
 
 from __future__ import annotations
@@ -70,3 +72,29 @@ class Activation(layers.Activation):
         if on_jax_cpu() and self.activation is keras.activations.mish:
             return mish(inputs)
         return super().call(inputs)
+
+
+@keras.saving.register_keras_serializable("inat_keras")
+class BatchNormalization(layers.BatchNormalization):
+    """Statistics over the global batch on any number of devices, as on one.
+
+    JAX data parallelism computes them over the sharded global batch anyway; TensorFlow's
+    MirroredStrategy needs `synchronized`, which is not saved because JAX refuses to load it.
+    """
+
+    def __init__(self, **kwargs):
+        kwargs.pop("synchronized", None)
+        super().__init__(synchronized=_mirrored_replicas() > 1, **kwargs)
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("synchronized", None)
+        return config
+
+
+def _mirrored_replicas() -> int:
+    if keras.backend.backend() != "tensorflow":
+        return 1
+    import tensorflow as tf
+
+    return tf.distribute.get_strategy().num_replicas_in_sync

@@ -1,0 +1,113 @@
+"""Data parallelism: the same training on two devices as on one, and only the first process writes."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from conftest import tiny_cnn_values, write_image_folder
+from inat_keras import distribute, layers, train  # noqa: F401  (layers: registers the CNN layers for loading)
+from inat_keras.callbacks import read_history
+from inat_keras.config import ConfigError, ScratchConfig, build_config
+from inat_keras.distribute import Placement, place
+from inat_keras.kinds import train_scratch
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = Path(__file__).resolve().parent / "distributed_train.py"
+
+
+def run_script(*configs: dict, env: dict | None = None) -> list[dict]:
+    """Train each config in one fresh process that sees two CPU devices."""
+    environ = {**os.environ, "PYTHONPATH": str(ROOT), "TEST_CPU_DEVICES": "2", **(env or {})}
+    environ["XLA_FLAGS"] = (environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2").strip()
+    done = subprocess.run([sys.executable, str(SCRIPT), *map(json.dumps, configs)], env=environ,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    return [json.loads(line[len("RESULT "):]) for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+
+
+def test_data_parallel_on_two_devices_matches_one_device(tmp_path):
+    # 18 training images: three global batches of 6 (3 per device); 9 validation images: the last batch
+    # is padded on two devices. No augmentation or dropout, whose random streams differ per device.
+    data = write_image_folder(tmp_path / "data", {"train": 9, "val": 3})
+    base = {**tiny_cnn_values(), "data_dir": str(data), "augment": False, "val_fraction": 1 / 3, "epochs": 2}
+    runs = {}
+    for norm in (False, True):  # batch norm: statistics of the global batch on both devices
+        runs[norm, 1] = {**base, "batch_norm": norm, "batch_size": 6, "distribute": "none"}
+        runs[norm, 2] = {**base, "batch_norm": norm, "batch_size": 3, "distribute": "data-parallel"}
+    for key, values in runs.items():
+        values["output_dir"] = str(tmp_path / f"bn{key[0]:d}-devices{key[1]}")
+    results = dict(zip(runs, run_script(*runs.values())))
+
+    for norm in (False, True):
+        single, parallel = results[norm, 1], results[norm, 2]
+        assert (single["metrics"]["devices"], parallel["metrics"]["devices"]) == (1, 2)
+        assert single["metrics"]["global_batch_size"] == parallel["metrics"]["global_batch_size"] == 6
+        rows = [read_history(Path(r["run_dir"]) / "history.csv") for r in (single, parallel)]
+        assert len(rows[0]) == len(rows[1]) == 2
+        # Without batch norm the steps are the same sums in another order. With it, TensorFlow's
+        # synchronised statistics use E[x^2] - E[x]^2, which loses digits on these unscaled pixels; the
+        # moving variances, hence the validation loss, drift most (0.5% here).
+        for a, b in zip(*rows):
+            for key in ("loss", "accuracy", "val_accuracy", "val_loss"):
+                tolerance = (2e-2 if key == "val_loss" else 1e-3) if norm else 1e-5
+                assert float(b[key]) == pytest.approx(float(a[key]), rel=tolerance, abs=1e-6), (norm, key, a, b)
+        assert parallel["metrics"]["test_accuracy"] == pytest.approx(single["metrics"]["test_accuracy"])
+    models = [keras.models.load_model(Path(results[False, n]["run_dir"]) / "model.keras") for n in (1, 2)]
+    for w1, w2 in zip(*(m.get_weights() for m in models)):
+        np.testing.assert_allclose(w2, w1, rtol=1e-4, atol=1e-6)
+
+
+def test_a_process_that_is_not_the_first_writes_nothing(image_folder, tmp_path, monkeypatch):
+    monkeypatch.setattr(train, "place", lambda mode: Placement("data-parallel", 1, process=1, processes=2))
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    modes = []
+    real_start = train.tracking.start_run
+    monkeypatch.setattr(train.tracking, "start_run", lambda *a, **k: modes.append(a[2]) or real_start(*a, **k))
+    out = tmp_path / "run"
+    config = build_config(ScratchConfig, {**tiny_cnn_values(), "data_dir": str(image_folder),
+                                          "output_dir": str(out), "wandb": "offline", "epochs": 1})  # fmt: skip
+    run_dir, metrics = train_scratch(config)
+    assert (run_dir, metrics) == (out, {})
+    assert not out.exists()
+    assert modes == ["disabled"]
+    assert not list(tmp_path.glob("inat-keras-worker-*")), "the private folder is removed"
+
+
+def test_a_later_process_resumes_from_the_shared_folder(tmp_path, monkeypatch):
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    shared = tmp_path / "run"
+    (shared / train.BACKUP).mkdir(parents=True)
+    (shared / train.BACKUP / "training_metadata.json").write_text('{"epoch": 3}')
+    (shared / train.SPLIT).write_text("{}")
+    private, resuming = train.worker_run_dir(str(shared))
+    assert resuming and private != shared
+    assert train.resumed_epoch(private) == 3 and (private / train.SPLIT).exists()
+    fresh, resuming = train.worker_run_dir(str(tmp_path / "new"))
+    assert not resuming and not any(fresh.iterdir())
+
+
+def test_placement_on_one_device_and_refusals(monkeypatch):
+    assert place("none") == distribute.SINGLE
+    assert Placement("data-parallel", 4).global_batch(32) == 128
+    if keras.backend.backend() == "tensorflow":
+        monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 0}}))
+        with pytest.raises(ConfigError, match="TF_CONFIG.*--distribute is none"):
+            distribute._place_tensorflow("none")
+    else:
+        monkeypatch.setenv("KERAS_DISTRIBUTION_NUM_PROCESSES", "2")
+        with pytest.raises(ConfigError, match="KERAS_DISTRIBUTION.*--distribute is none"):
+            distribute._place_jax("none")
+
+
+def test_options_are_checked_by_name():
+    for name, value in (("distribute", "mirrored"), ("precision", "float16"), ("jit_compile", "yes")):
+        with pytest.raises(ConfigError, match=f"{name} must be one of"):
+            build_config(ScratchConfig, {name: value})
+    with pytest.raises(ConfigError, match="steps_per_execution must be at least 1"):
+        build_config(ScratchConfig, {"steps_per_execution": 0})
