@@ -341,15 +341,21 @@ def make_dataset(
     ds = cache_decoded(ds, split, size, channels, cache)
     if training:
         ds = shuffled_epochs(ds, len(split), config.seed, epochs, batch_size, drop_remainder=even_batches)
+    elif even_batches:
+        ds = padded(ds, len(split), batch_size, (size, size, channels)).batch(batch_size, drop_remainder=True)
     else:
         ds = ds.batch(batch_size)
-    ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(lambda x, *rest: (tf.cast(x, tf.float32), *rest), num_parallel_calls=tf.data.AUTOTUNE)
     augment = augmenter(config) if training else None
     if augment is not None:
         ds = ds.map(lambda x, y: (augment(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
-    if even_batches and not training:
-        ds = ds.map(lambda x, y: pad_batch(x, y, batch_size))
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def padded(ds: tf.data.Dataset, size: int, batch_size: int, shape: tuple) -> tf.data.Dataset:
+    """(image, label, weight 1) for each image, then (black image, 0, weight 0) up to a full last batch."""
+    filler = tf.data.Dataset.from_tensors((tf.zeros(shape, tf.uint8), tf.constant(0, tf.int32), 0.0))
+    return ds.map(lambda x, y: (x, y, 1.0)).concatenate(filler.repeat(-size % batch_size))
 
 
 def shuffled_epochs(
@@ -367,13 +373,3 @@ def shuffled_epochs(
 
 def steps_per_epoch(images: int, batch_size: int, even_batches: bool = False) -> int:
     return images // batch_size if even_batches else math.ceil(images / batch_size)
-
-
-def pad_batch(x: tf.Tensor, y: tf.Tensor, batch_size: int) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """(x, y) padded with black images to `batch_size`, and sample weights that are 0 for the padding."""
-    real = tf.shape(x)[0]
-    missing = batch_size - real
-    x = tf.pad(x, [[0, missing], [0, 0], [0, 0], [0, 0]])
-    y = tf.pad(y, [[0, missing]])
-    weights = tf.concat([tf.ones([real]), tf.zeros([missing])], axis=0)
-    return tf.ensure_shape(x, [batch_size, *x.shape[1:]]), tf.ensure_shape(y, [batch_size]), weights

@@ -2,9 +2,9 @@
 
 JAX: `keras.distribution.DataParallel` over every device of every process (several processes join
 through `keras.distribution.initialize` and its KERAS_DISTRIBUTION_* variables). TensorFlow:
-`MirroredStrategy` over the local GPUs (or logical CPUs), `MultiWorkerMirroredStrategy` when TF_CONFIG
-names several tasks. Either way the global batch is the per-device batch times the devices, and only
-the first process writes anything.
+`MirroredStrategy` over the local GPUs (or logical CPUs); a TF_CONFIG for several machines is refused,
+because Keras 3's TensorFlow fit cannot run MultiWorkerMirroredStrategy. Either way the global batch is
+the per-device batch times the devices, and only the first process writes anything.
 """
 
 from __future__ import annotations
@@ -72,16 +72,15 @@ def place(mode: str) -> Placement:
     return placement
 
 
-def _refuse_single(mode: str, what: str) -> None:
-    if mode == "none":
-        raise ConfigError(f"{what} asks for several processes, but --distribute is none; use auto or data-parallel")
-
-
 def _place_jax(mode: str) -> Placement:
     import jax
 
     if any(os.environ.get(name) for name in JAX_PROCESS_VARIABLES):
-        _refuse_single(mode, " / ".join(JAX_PROCESS_VARIABLES))
+        if mode == "none":
+            raise ConfigError(
+                f"{' / '.join(JAX_PROCESS_VARIABLES)} ask for several processes, but --distribute is none; "
+                "use auto or data-parallel"
+            )
         if not jax.distributed.is_initialized():
             keras.distribution.initialize()
     devices = jax.devices()
@@ -98,14 +97,16 @@ def _place_tensorflow(mode: str) -> Placement:
     cluster = json.loads(os.environ.get("TF_CONFIG") or "{}").get("cluster", {})
     tasks = sum(len(cluster.get(role, [])) for role in ("chief", "worker"))
     if tasks > 1:
-        _refuse_single(mode, "TF_CONFIG")
-        strategy = tf.distribute.MultiWorkerMirroredStrategy()
-        resolver = strategy.cluster_resolver
-        process = resolver.task_id + (1 if "chief" in cluster and resolver.task_type == "worker" else 0)
-        return Placement("data-parallel", strategy.num_replicas_in_sync, process, tasks, strategy.scope)
+        raise ConfigError(
+            f"TF_CONFIG names {tasks} tasks, but several machines cannot train under the TensorFlow backend: "
+            "Keras 3's TensorFlow fit fails under MultiWorkerMirroredStrategy (keras-team/keras#20585; "
+            "measured with keras 3.15). Use KERAS_BACKEND=jax with KERAS_DISTRIBUTION_* for several "
+            "machines (README: Several machines), or one machine's GPUs under TensorFlow"
+        )
     gpus = tf.config.list_logical_devices("GPU")
     if mode == "none" or (mode == "auto" and len(gpus) < 2):
         return SINGLE
     devices = [d.name for d in gpus or tf.config.list_logical_devices("CPU")]
     strategy = tf.distribute.MirroredStrategy(devices)
     return Placement("data-parallel", strategy.num_replicas_in_sync, scope=strategy.scope)
+

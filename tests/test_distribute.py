@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -96,13 +97,47 @@ def test_placement_on_one_device_and_refusals(monkeypatch):
     assert place("none") == distribute.SINGLE
     assert Placement("data-parallel", 4).global_batch(32) == 128
     if keras.backend.backend() == "tensorflow":
-        monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 0}}))
-        with pytest.raises(ConfigError, match="TF_CONFIG.*--distribute is none"):
-            distribute._place_tensorflow("none")
+        two_machines = {"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 0}}
+        monkeypatch.setenv("TF_CONFIG", json.dumps(two_machines))
+        for mode in ("auto", "data-parallel"):
+            with pytest.raises(ConfigError, match=r"TF_CONFIG names 2 tasks.*keras-team/keras#20585.*KERAS_BACKEND=jax"):
+                distribute._place_tensorflow(mode)
     else:
         monkeypatch.setenv("KERAS_DISTRIBUTION_NUM_PROCESSES", "2")
         with pytest.raises(ConfigError, match="KERAS_DISTRIBUTION.*--distribute is none"):
             distribute._place_jax("none")
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="several processes train under JAX only (see distribute.py)")
+def test_two_processes_train_one_model_and_only_the_first_writes(tmp_path):
+    data = write_image_folder(tmp_path / "data", {"train": 9, "val": 3})
+    out = tmp_path / "run"
+    values = {**tiny_cnn_values(), "data_dir": str(data), "augment": False, "val_fraction": 1 / 3,
+              "batch_size": 3, "output_dir": str(out)}  # fmt: skip
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    processes = []
+    for index in range(2):
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "KERAS_DISTRIBUTION_JOB_ADDRESSES": f"localhost:{port}",
+               "KERAS_DISTRIBUTION_NUM_PROCESSES": "2", "KERAS_DISTRIBUTION_PROCESS_ID": str(index)}  # fmt: skip
+        processes.append(subprocess.Popen([sys.executable, str(SCRIPT), json.dumps(values)], env=env,
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))  # fmt: skip
+    results = []
+    for process in processes:
+        try:
+            stdout, stderr = process.communicate(timeout=300)
+        finally:
+            for other in processes:
+                other.kill() if process.returncode is None else None
+        assert process.returncode == 0, stderr[-4000:]
+        results += [json.loads(line[len("RESULT "):]) for line in stdout.splitlines() if line.startswith("RESULT ")]
+    first, second = (r["metrics"] for r in results)
+    assert (first["devices"], first["processes"], first["global_batch_size"]) == (2, 2, 6)
+    assert second == {}, "the second process reports nothing"
+    written = sorted(p.name for p in out.iterdir())
+    assert "metrics.json" in written and "model.keras" in written
+    assert [int(r["epoch"]) for r in read_history(out / "history.csv")] == [0, 1], "one writer: one row per epoch"
 
 
 def test_options_are_checked_by_name():
