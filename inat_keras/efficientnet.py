@@ -15,6 +15,7 @@ import keras_cv
 from keras import layers
 
 from .config import ConfigError, FinetuneConfig
+from .layers import DepthwiseConv2D
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +52,20 @@ class WeightsError(ConfigError):
 
 
 def build_backbone(image_size: int) -> keras.Model:
-    return keras_cv.models.EfficientNetV2Backbone(
+    backbone = keras_cv.models.EfficientNetV2Backbone(
         **V2S_ARGUMENTS, include_rescaling=False, input_shape=(image_size, image_size, 3), name=BACKBONE
     )
+    # keras-cv creates the depthwise convolutions inside its blocks: give them layers.DepthwiseConv2D's
+    # `call` (same weights and outputs; fast under JAX on CPU). Blocks recreate them when a model loads.
+    for layer in backbone._flatten_layers(include_self=False, recursive=True):
+        if type(layer) is layers.DepthwiseConv2D:
+            layer.__class__ = DepthwiseConv2D
+        # keras-cv's fused blocks create squeeze-excite and batch-norm layers that they never call. Keras's
+        # train_on_batch/predict_on_batch run the whole model eagerly on every call while any layer is
+        # unbuilt; these have nothing to build (no weights are added, the weight order is unchanged).
+        if not layer.built and not layer.weights:
+            layer.built = True
+    return backbone
 
 
 def copy_weights(source: keras.Model, backbone: keras.Model, origin: str) -> None:

@@ -16,7 +16,7 @@ import os
 import platform
 import sys
 
-XLA_CPU_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=",)  # empty list: no YNNPACK library calls
+XLA_CPU_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=reduce",)  # YNNPACK for reductions only (no convolutions, no dots)
 MALLOC_TUNABLES = ("glibc.malloc.hugetlb=1",)
 
 

@@ -98,3 +98,90 @@ def _mirrored_replicas() -> int:
     import tensorflow as tf
 
     return tf.distribute.get_strategy().num_replicas_in_sync
+
+def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TensorFlow's 'same' padding (the odd pixel goes after), as Keras uses on every backend."""
+    total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+def _taps(x, kernel_hw, strides, out_hw):
+    """The strided window views of (already padded) x, one per kernel position, row-major."""
+    (kh, kw), (sh, sw), (oh, ow) = kernel_hw, strides, out_hw
+    return [
+        x[:, i : i + (oh - 1) * sh + 1 : sh, j : j + (ow - 1) * sw + 1 : sw, :] for i in range(kh) for j in range(kw)
+    ]
+
+
+@functools.lru_cache(maxsize=None)
+def _depthwise_conv(strides: tuple[int, int], padding: str):
+    """Depthwise convolution (multiplier 1, channels last) as a sum of shifted products, with its own gradient.
+
+    XLA:CPU runs `feature_group_count=C` convolutions through Eigen one channel at a time, and turns
+    their weight gradient (`batch_group_count=C`) into a dense C x C convolution and a diagonal mask:
+    C times the work (1536 x for EfficientNetV2-S's last stage). Here the forward pass and the input
+    gradient are k*k fused elementwise products, and the kernel gradient one matrix-vector product
+    over the k*k products of input and output gradient.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    def pad(x, kernel_hw):
+        if padding == "valid":
+            return x
+        (height, width), (kh, kw) = x.shape[1:3], kernel_hw
+        return jnp.pad(x, ((0, 0), _same_padding(height, kh, strides[0]), _same_padding(width, kw, strides[1]), (0, 0)))
+
+    def out_size(x, kernel_hw):
+        (height, width), (kh, kw), (sh, sw) = x.shape[1:3], kernel_hw, strides
+        if padding == "valid":
+            return (height - kh) // sh + 1, (width - kw) // sw + 1
+        return -(-height // sh), -(-width // sw)
+
+    def forward(x, kernel):
+        kernel_hw = kernel.shape[:2]
+        taps = _taps(pad(x, kernel_hw), kernel_hw, strides, out_size(x, kernel_hw))
+        weights = kernel.reshape(-1, kernel.shape[2])
+        return functools.reduce(lambda a, b: a + b, [tap * weights[n] for n, tap in enumerate(taps)])
+
+    @jax.custom_vjp
+    def conv(x, kernel):
+        return forward(x, kernel)
+
+    def conv_fwd(x, kernel):
+        return forward(x, kernel), (x, kernel)
+
+    def conv_bwd(residuals, grad):
+        x, kernel = residuals
+        (grad_x,) = jax.vjp(lambda x: forward(x, kernel), x)[1](grad)
+        kernel_hw, channels = kernel.shape[:2], kernel.shape[2]
+        taps = _taps(pad(x, kernel_hw), kernel_hw, strides, grad.shape[1:3])
+        products = jnp.concatenate([tap * grad for tap in taps], axis=-1).reshape(-1, len(taps) * channels)
+        grad_kernel = jnp.ones((1, products.shape[0]), products.dtype) @ products
+        return grad_x, grad_kernel.reshape(kernel.shape).astype(kernel.dtype)
+
+    conv.defvjp(conv_fwd, conv_bwd)
+    return conv
+
+
+@keras.saving.register_keras_serializable(package="inat_keras")
+class DepthwiseConv2D(layers.DepthwiseConv2D):
+    """DepthwiseConv2D; under JAX on CPU, multiplier 1 runs through `_depthwise_conv` (see there why).
+
+    Same weights and outputs to float rounding (the k*k products are summed in another order).
+    """
+
+    def call(self, inputs):
+        if not (
+            on_jax_cpu()
+            and self.depth_multiplier == 1
+            and self.data_format == "channels_last"
+            and tuple(self.dilation_rate) == (1, 1)
+            and self.padding in ("same", "valid")
+        ):
+            return super().call(inputs)
+        kernel = ops.convert_to_tensor(self.kernel, dtype=inputs.dtype)
+        outputs = _depthwise_conv(tuple(self.strides), self.padding)(inputs, kernel)
+        if self.use_bias:
+            outputs = outputs + self.bias
+        return outputs if self.activation is None else self.activation(outputs)

@@ -88,7 +88,10 @@ def test_imagenet_weights_transfer_exactly(official_file, random_model, monkeypa
     expected = values(source(images, training=False))
     got = values(features(model)(images, training=False))
     assert np.isfinite(expected).all() and expected.std() > 0
-    np.testing.assert_array_equal(got, expected)
+    for copied, original in zip(model.get_layer(BACKBONE).get_weights(), source.get_weights(), strict=True):
+        np.testing.assert_array_equal(copied, original)
+    # equal up to rounding: under JAX on a CPU the depthwise convolutions sum their products in another order
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
 
     assert not np.allclose(values(features(random_model)(images, training=False)), expected)
 

@@ -8,7 +8,7 @@ import pytest
 
 from inat_keras.cnn import build_cnn
 from inat_keras.config import ScratchConfig, build_config
-from inat_keras.layers import Activation, BlockMaxPooling2D, mish
+from inat_keras.layers import Activation, BlockMaxPooling2D, DepthwiseConv2D, mish
 
 from conftest import tiny_cnn_values
 
@@ -59,6 +59,41 @@ def test_under_jax_pooling_gradients_need_no_window_reduction():
     for training in (True, False):
         traced = jaxpr(lambda v, t=training: BlockMaxPooling2D(2)(v, training=t), x)
         assert "reduce_window" not in traced and "scatter" not in traced
+
+
+@pytest.mark.parametrize("strides, padding, size", [(1, "same", 7), (2, "same", 9), (2, "same", 8), (1, "valid", 6)])
+def test_depthwise_outputs_and_gradients_equal_keras_depthwise(strides, padding, size):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, size, size, 5)).astype("float32")
+    ours = DepthwiseConv2D(3, strides=strides, padding=padding, use_bias=False)
+    theirs = keras.layers.DepthwiseConv2D(3, strides=strides, padding=padding, use_bias=False)
+    ours.build(x.shape), theirs.build(x.shape)
+    theirs.set_weights(ours.get_weights())
+    out = keras.ops.convert_to_numpy(ours(x))
+    np.testing.assert_allclose(out, keras.ops.convert_to_numpy(theirs(x)), rtol=1e-5, atol=1e-5)
+    weights = rng.normal(size=out.shape).astype("float32")
+    np.testing.assert_allclose(input_gradient(ours, x, weights), input_gradient(theirs, x, weights), rtol=1e-4, atol=1e-5)
+    if BACKEND == "jax":
+        import jax
+
+        def kernel_gradient(layer):
+            return np.asarray(jax.grad(lambda k: (layer.stateless_call([k], [], x)[0] * weights).sum())(layer.kernel.value))
+
+        np.testing.assert_allclose(kernel_gradient(ours), kernel_gradient(theirs), rtol=1e-4, atol=1e-4)
+
+
+@jax_only
+def test_under_jax_depthwise_kernel_gradients_are_no_grouped_convolution():
+    x = np.random.default_rng(0).normal(size=(2, 8, 8, 4)).astype("float32")
+    ours, theirs = DepthwiseConv2D(3, padding="same"), keras.layers.DepthwiseConv2D(3, padding="same")
+    ours.build(x.shape), theirs.build(x.shape)
+    import jax
+
+    def traced(layer):
+        return str(jax.make_jaxpr(jax.grad(lambda k: layer.stateless_call([k, layer.bias.value], [], x)[0].sum()))(layer.kernel.value))
+
+    assert "feature_group_count=4" in traced(theirs) or "batch_group_count=4" in traced(theirs)
+    assert "conv_general_dilated" not in traced(ours)
 
 
 def test_mish_equals_keras_mish_and_its_gradient_stays_finite():
