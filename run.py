@@ -1,11 +1,8 @@
-"""Entry point: `python run.py scratch|finetune|info|evaluate|predict ...` (see README.md)."""
+"""Entry point: `python run.py scratch|finetune|info|evaluate|predict|sweep|sweep-report|bench ...` (see README.md)."""
 
 import sys
 
-from inat_keras.jax_cpu import restart_with_malloc_tunables
+from inat_keras.__main__ import main
 
 if __name__ == "__main__":
-    restart_with_malloc_tunables()  # glibc reads them only at start-up; before TensorFlow and JAX load
-    from inat_keras.cli import main
-
     sys.exit(main())

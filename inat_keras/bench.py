@@ -10,6 +10,7 @@ neighbours take.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import os
@@ -27,7 +28,7 @@ from .config import FinetuneConfig, ScratchConfig, TrainConfig, load_config
 from .kinds import CONFIGS
 
 MODELS = ("cnn", "cnn-best", "efficientnet")
-PARTS = ("train", "infer", "pipeline", "fit")
+PARTS = ("train", "infer", "pipeline", "fit", "matmul")
 TRAIN_FLOPS_PER_FORWARD = 3  # forward, input gradient, weight gradient
 
 
@@ -41,6 +42,10 @@ class BenchOptions:
     repeats: int = 3
     images: int = 320
     parts: tuple[str, ...] = PARTS
+    precision: str = "float32"
+    jit_compile: str = "auto"
+    peak_tflops: float = 0.0  # the device's dense peak for this precision; 0: no MFU
+    matmul_size: int = 4096
     overrides: dict = field(default_factory=dict)  # extra config values (tests shrink the model)
 
 
@@ -50,7 +55,7 @@ class Unavailable(RuntimeError):
 
 def model_config(options: BenchOptions) -> TrainConfig:
     values = {"image_size": options.image_size, "batch_size": options.batch_size, "wandb": "disabled",
-              **options.overrides}  # fmt: skip
+              "precision": options.precision, "jit_compile": options.jit_compile, **options.overrides}  # fmt: skip
     if options.model == "cnn":
         return load_config(ScratchConfig, None, values)
     if options.model == "cnn-best":
@@ -138,6 +143,24 @@ def bench_steps(model: keras.Model, options: BenchOptions, num_classes: int, flo
     return results
 
 
+def bench_matmul(options: BenchOptions) -> dict:
+    """The backend's float32 matrix-product rate: the yardstick for a training step's GFLOP/s."""
+    rng = np.random.default_rng(0)
+    n = options.matmul_size
+    a, b = (keras.ops.convert_to_tensor(rng.normal(size=(n, n)).astype("float32")) for _ in "ab")
+    product = keras.ops.matmul
+    if keras.backend.backend() == "jax":
+        import jax
+
+        product = jax.jit(product)
+
+    def step():
+        keras.ops.convert_to_numpy(product(a, b)[:1, :1])  # waits for the result
+
+    timed = time_step(step, dataclasses.replace(options, batch_size=1))
+    return {"gflops_per_second": 2 * n**3 * timed["images_per_second"] / 1e9, "size": n}
+
+
 def _passes(dataset, options: BenchOptions) -> list[float]:
     """Seconds of each full pass: the first decodes and fills the cache, the others read it."""
     seconds = []
@@ -154,7 +177,7 @@ def bench_data(model: keras.Model, config: TrainConfig, options: BenchOptions, r
     training images (augmented from the cache), then a real fit: the first epoch decodes, the median of the
     `repeats` later ones is the steady state (validation included, as in a training run)."""
     from .callbacks import EpochTimer
-    from .data import load_splits, make_dataset
+    from .data import load_splits, make_dataset, steps_per_epoch
 
     splits = load_splits(root, config.val_fraction, config.seed)
     channels = getattr(config, "channels", 3)
@@ -169,10 +192,12 @@ def bench_data(model: keras.Model, config: TrainConfig, options: BenchOptions, r
         }
     if "fit" in options.parts:
         timer = EpochTimer(len(splits.train))
+        epochs = 1 + options.repeats
         model.fit(
-            make_dataset(splits.train, config, training=True, channels=channels, cache="memory"),
+            make_dataset(splits.train, config, training=True, channels=channels, cache="memory", epochs=(0, epochs)),
             validation_data=make_dataset(splits.val, config, training=False, channels=channels, cache="memory"),
-            epochs=1 + options.repeats,
+            epochs=epochs,
+            steps_per_epoch=steps_per_epoch(len(splits.train), config.batch_size),
             callbacks=[timer],
             shuffle=False,  # the pipeline shuffles
             verbose=0,
@@ -221,7 +246,7 @@ def run_bench(options: BenchOptions) -> dict:
     """All measurements of one model on the active backend, as one JSON-ready dict."""
     from .data import dataset_root
     from .synthetic import cached_photo_folder
-    from .train import compile_model
+    from .train import compile_model, dtype_policy
 
     unknown = set(options.parts) - set(PARTS)
     if unknown:
@@ -234,15 +259,22 @@ def run_bench(options: BenchOptions) -> dict:
     num_classes = 10
     keras.utils.set_random_seed(config.seed)
     report = {"model": options.model, "image_size": options.image_size, "batch_size": options.batch_size,
-              "steps": options.steps, "repeats": options.repeats, "data_dir": str(root) if root else None,
-              **machine()}  # fmt: skip
+              "precision": options.precision, "jit_compile": options.jit_compile, "steps": options.steps,
+              "repeats": options.repeats, "data_dir": str(root) if root else None, **machine()}  # fmt: skip
     try:
-        model, flops = build_model(options, config, num_classes)
+        with dtype_policy(config.precision):
+            model, flops = build_model(options, config, num_classes)
     except Unavailable as err:
         return {**report, "skipped": str(err)}
     compile_model(model, config)
     report.update({"params": int(model.count_params()), "forward_gflops_per_image": flops / 1e9})
     report.update(bench_steps(model, options, num_classes, flops))
+    if "matmul" in options.parts:
+        report["matmul"] = bench_matmul(options)
+        if "train" in report:
+            report["train"]["fraction_of_matmul_rate"] = report["train"]["gflops_per_second"] / report["matmul"]["gflops_per_second"]
+    if options.peak_tflops and "train" in report:
+        report["train"]["mfu"] = report["train"]["gflops_per_second"] / (1000 * options.peak_tflops)
     if needs_data:
         report.update(bench_data(model, config, options, root))
     return report
@@ -260,10 +292,15 @@ def summary(report: dict) -> str:
     for part in ("train", "infer"):
         if part in report:
             r = report[part]
+            share = "".join(f"  {r[k]:.0%} of {name}" for k, name in (("fraction_of_matmul_rate", "matmul rate"),
+                                                                       ("mfu", "peak (MFU)")) if k in r)  # fmt: skip
             lines.append(
                 f"  {part:<8} {r['images_per_second']:8.1f} images/s  {r['gflops_per_second']:7.1f} GFLOP/s  "
-                f"{r['cpu_seconds_per_step']:.3f} CPU s/step  (compile {r['compile_seconds']:.1f} s)"
+                f"{r['cpu_seconds_per_step']:.3f} CPU s/step  (compile {r['compile_seconds']:.1f} s){share}"
             )
+    if "matmul" in report:
+        n = report["matmul"]["size"]
+        lines.append(f"  matmul   {report['matmul']['gflops_per_second']:8.1f} GFLOP/s (float32, {n}x{n} matrices)")
     if "pipeline" in report:
         r = report["pipeline"]
         lines.append(

@@ -8,7 +8,16 @@ import logging
 import sys
 from pathlib import Path
 
-from .config import ConfigError, FinetuneConfig, ScratchConfig, add_config_arguments, load_config, overrides_from_args
+from .config import (
+    JIT_MODES,
+    PRECISIONS,
+    ConfigError,
+    FinetuneConfig,
+    ScratchConfig,
+    add_config_arguments,
+    load_config,
+    overrides_from_args,
+)
 from .data import DataError
 from .kinds import KINDS
 
@@ -87,7 +96,8 @@ def cmd_bench(args) -> None:
     from .bench import BenchOptions, run_bench, summary, write_report
 
     options = BenchOptions(args.model, args.image_size, args.batch_size, args.data_dir, args.steps, args.repeats,
-                           args.images, tuple(args.parts.split(",")))  # fmt: skip
+                           args.images, tuple(args.parts.split(",")), args.precision, args.jit_compile,
+                           args.peak_tflops)  # fmt: skip
     report = run_bench(options)
     print(summary(report))
     if args.json:
@@ -96,6 +106,9 @@ def cmd_bench(args) -> None:
 
 
 def print_summary(run_dir: Path, metrics: dict) -> None:
+    if not metrics:
+        print(f"this process trained as one of several; the first process writes the outputs: {run_dir}")
+        return
     keys = ("test_accuracy", "test_loss", "best_val_accuracy", "params", "train_images_per_second", "seconds_per_epoch")
     shown = {k: metrics[k] for k in keys if k in metrics}
     print(json.dumps(shown, indent=2))
@@ -169,6 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=int, default=3, help="timed repeats; the median is reported")
     bench.add_argument("--images", type=int, default=320, help="size of the generated folder (without --data-dir)")
     bench.add_argument("--parts", default=",".join(PARTS), help="comma-separated subset to measure")
+    bench.add_argument("--precision", choices=PRECISIONS, default="float32", help="compute dtype policy")
+    bench.add_argument("--jit-compile", choices=JIT_MODES, default="auto", help="XLA for the TensorFlow step")
+    bench.add_argument("--peak-tflops", type=float, default=0.0,
+                       help="the device's dense peak TFLOP/s at this precision: adds model FLOP utilisation (MFU)")
     bench.add_argument("--json", help="also write every figure to this JSON file")
     bench.set_defaults(func=cmd_bench)
     return parser

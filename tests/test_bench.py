@@ -16,7 +16,7 @@ from conftest import tiny_cnn_values
 
 def tiny(**extra) -> BenchOptions:
     values = tiny_cnn_values()
-    options = {"image_size": values["image_size"], "batch_size": 4, "steps": 2, "repeats": 2}
+    options = {"image_size": values["image_size"], "batch_size": 4, "steps": 2, "repeats": 2, "matmul_size": 256}
     overrides = {k: values[k] for k in ("filters", "kernel_sizes", "dense_units")}
     return BenchOptions(**{**options, **extra}, overrides=overrides)
 
@@ -35,7 +35,19 @@ def test_bench_measures_steps_pipeline_and_epochs(image_folder):
     assert all(report["pipeline"][k] > 0 for k in ("first_pass_images_per_second", "cached_images_per_second",
                                                      "augmented_images_per_second"))
     assert 0 < report["fit"]["epoch_seconds"] and 0 < report["fit"]["first_epoch_seconds"]
-    assert "train" in summary(report) and "pipeline" in summary(report)
+    assert report["matmul"]["size"] == 256 and report["matmul"]["gflops_per_second"] > 0
+    assert math.isclose(report["train"]["fraction_of_matmul_rate"],
+                        report["train"]["gflops_per_second"] / report["matmul"]["gflops_per_second"])  # fmt: skip
+    assert "mfu" not in report["train"], "no peak given"
+    assert "train" in summary(report) and "pipeline" in summary(report) and "matmul rate" in summary(report)
+
+
+def test_bench_in_mixed_precision_reports_mfu_against_the_given_peak():
+    report = run_bench(tiny(parts=("train",), precision="mixed_bfloat16", peak_tflops=0.5))
+    assert report["precision"] == "mixed_bfloat16"
+    assert math.isclose(report["train"]["mfu"], report["train"]["gflops_per_second"] / 500)
+    assert keras.config.dtype_policy().name == "float32"
+    assert "MFU" in summary(report)
 
 
 def test_bench_command_writes_json(tmp_path, capsys):

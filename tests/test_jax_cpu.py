@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parent.parent
 def test_xla_flags_are_added_and_the_users_win():
     environ = {"XLA_FLAGS": "--xla_dump_to=/tmp/x"}
     configure_xla_flags(environ)
-    assert environ["XLA_FLAGS"] == "--xla_dump_to=/tmp/x --xla_cpu_experimental_ynn_fusion_type="
+    assert environ["XLA_FLAGS"] == "--xla_dump_to=/tmp/x --xla_cpu_experimental_ynn_fusion_type=reduce"
     environ = {"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=individual_dot"}
     configure_xla_flags(environ)
     assert environ["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=individual_dot"
@@ -46,3 +46,16 @@ def test_the_command_line_restarts_itself_with_the_malloc_tunable():
     env["GLIBC_TUNABLES"] = "glibc.malloc.arena_max=4"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "glibc.malloc.arena_max=4:glibc.malloc.hugetlb=1"
+
+
+def test_every_entry_point_restarts_before_the_command_runs(monkeypatch):
+    import inat_keras.__main__ as entry
+    from inat_keras import cli, jax_cpu
+
+    calls = []
+    monkeypatch.setattr(jax_cpu, "restart_with_malloc_tunables", lambda: calls.append("restart"))
+    monkeypatch.setattr(cli, "main", lambda: calls.append("command") or 0)
+    assert entry.main() == 0 and calls == ["restart", "command"]
+    scripts = (REPO / "pyproject.toml").read_text()
+    assert 'inat-keras = "inat_keras.__main__:main"' in scripts
+    assert "from inat_keras.__main__ import main" in (REPO / "run.py").read_text()
