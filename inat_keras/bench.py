@@ -73,6 +73,12 @@ def build_model(options: BenchOptions, config: TrainConfig, num_classes: int) ->
         except ImportError as err:
             raise Unavailable(f"efficientnet: inat_keras.efficientnet cannot be imported yet ({err})") from None
         model = build_finetune_model(config, num_classes)
+        # keras-cv's fused blocks hold squeeze-excite and batch-norm layers that they never call. While a
+        # layer is unbuilt, train_on_batch and predict_on_batch trace the model eagerly on every call
+        # (fit does it once): marked built here, they are not measured (nothing is saved from this model).
+        for layer in model._flatten_layers(include_self=False, recursive=True):
+            if not layer.built and not layer.weights:
+                layer.built = True
         return model, compiled_forward_flops(model, config.image_size)
     from .cnn import build_cnn, model_flops
 

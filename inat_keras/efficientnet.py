@@ -60,11 +60,6 @@ def build_backbone(image_size: int) -> keras.Model:
     for layer in backbone._flatten_layers(include_self=False, recursive=True):
         if type(layer) is layers.DepthwiseConv2D:
             layer.__class__ = DepthwiseConv2D
-        # keras-cv's fused blocks create squeeze-excite and batch-norm layers that they never call. Keras's
-        # train_on_batch/predict_on_batch run the whole model eagerly on every call while any layer is
-        # unbuilt; these have nothing to build (no weights are added, the weight order is unchanged).
-        if not layer.built and not layer.weights:
-            layer.built = True
     return backbone
 
 

@@ -90,10 +90,13 @@ def test_imagenet_weights_transfer_exactly(official_file, random_model, monkeypa
     assert np.isfinite(expected).all() and expected.std() > 0
     for copied, original in zip(model.get_layer(BACKBONE).get_weights(), source.get_weights(), strict=True):
         np.testing.assert_array_equal(copied, original)
-    # equal up to rounding: under JAX on a CPU the depthwise convolutions sum their products in another order
-    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+    # Equal up to rounding, which 40 blocks of random-looking weights amplify: under JAX on a CPU the
+    # depthwise convolutions sum their products in another order, and threads reduce in varying order.
+    def relative_error(a):
+        return np.linalg.norm(a - expected) / np.linalg.norm(expected)
 
-    assert not np.allclose(values(features(random_model)(images, training=False)), expected)
+    assert relative_error(got) < 1e-2
+    assert relative_error(values(features(random_model)(images, training=False))) > 0.5
 
 
 def test_the_model_takes_raw_pixels_and_ends_in_float32_logits(random_model):
