@@ -251,9 +251,11 @@ def machine() -> dict:
 def run_bench(options: BenchOptions) -> dict:
     """All measurements of one model on the active backend, as one JSON-ready dict."""
     from .data import dataset_root
+    from .jax_cpu import prepare_for
     from .synthetic import cached_photo_folder
     from .train import compile_model, dtype_policy
 
+    prepare_for("efficientnet" if options.model == "efficientnet" else "cnn")
     unknown = set(options.parts) - set(PARTS)
     if unknown:
         raise ValueError(f"parts must be among {', '.join(PARTS)}, got {', '.join(sorted(unknown))}")

@@ -2,9 +2,10 @@
 
 Measured with `run.py bench` (BENCHMARKS.md), jax 0.10 on a 2-core AMD EPYC:
 - XLA:CPU hands convolutions to the YNNPACK library by default; this CNN's convolutions, their weight
-  gradients above all, run 3-5x slower there than through XLA's own Eigen path. Its reductions over
-  batch and spatial axes (batch-norm and bias gradients), though, run about 10x faster in YNNPACK:
-  so YNNPACK gets the reductions only (EfficientNetV2-S training 2.6x faster, best CNN 1.25x).
+  gradients above all, run 3-5x slower there than through XLA's own Eigen path: the CNN gets no
+  YNNPACK. EfficientNetV2-S's many batch-norm reductions over batch and spatial axes run about 10x
+  faster in YNNPACK: it gets YNNPACK for reductions only (training 2.6x faster). For the CNN that
+  setting made runs erratic (pinned steps at 0.5-1.1x of the setting without YNNPACK).
 - XLA:CPU takes each step's scratch memory (1-4 GB at 224x224, batch 32) from a fresh mmap, so every
   step page-faults on every 4 KiB page of it. glibc's `hugetlb` tunable backs such allocations with
   2 MiB transparent huge pages: 512 times fewer faults.
@@ -18,8 +19,10 @@ import os
 import platform
 import sys
 
-XLA_CPU_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=reduce",)  # YNNPACK for reductions, not convolutions or dots
+YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
+YNN_FUSIONS = {"cnn": "", "efficientnet": "reduce"}  # empty: no YNNPACK library calls
 MALLOC_TUNABLES = ("glibc.malloc.hugetlb=1",)
+USER_XLA_FLAGS = os.environ.get("XLA_FLAGS", "")  # as the process started, before our defaults
 
 
 def _merge(current: str, defaults: tuple[str, ...], separator: str) -> str:
@@ -29,9 +32,21 @@ def _merge(current: str, defaults: tuple[str, ...], separator: str) -> str:
     return separator.join(items + [d for d in defaults if d.split("=", 1)[0] not in names])
 
 
-def configure_xla_flags(environ=os.environ) -> None:
-    """Add the XLA:CPU defaults to XLA_FLAGS (they only affect compilation for the CPU)."""
-    environ["XLA_FLAGS"] = _merge(environ.get("XLA_FLAGS", ""), XLA_CPU_FLAGS, " ")
+def configure_xla_flags(environ=os.environ, model: str = "cnn", base: str | None = None) -> None:
+    """XLA_FLAGS = `base` (default: the current value) plus the model family's XLA:CPU defaults."""
+    current = environ.get("XLA_FLAGS", "") if base is None else base
+    environ["XLA_FLAGS"] = _merge(current, (f"{YNN_FLAG}={YNN_FUSIONS[model]}",), " ")
+
+
+def prepare_for(model: str, environ=os.environ) -> None:
+    """Pick the model family's flags while JAX has not started its CPU client (XLA reads them once);
+    after that, and for a flag the user set, nothing changes."""
+    if "jax" in sys.modules:
+        from jax._src import xla_bridge
+
+        if xla_bridge.backends_are_initialized():
+            return
+    configure_xla_flags(environ, model, base=USER_XLA_FLAGS)
 
 
 def malloc_environment(environ=os.environ) -> dict | None:

@@ -18,8 +18,10 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 def train_scratch(config: ScratchConfig) -> tuple[Path, dict]:
     from .cnn import build_cnn
+    from .jax_cpu import prepare_for
     from .train import run_training
 
+    prepare_for("cnn")
     return run_training(config, "scratch", lambda n: build_cnn(config, n))
 
 
@@ -41,9 +43,11 @@ def scratch_image_size(choices: dict, base: dict) -> int:
 
 def train_finetune(config: FinetuneConfig) -> tuple[Path, dict]:
     from .efficientnet import build_finetune_model
+    from .jax_cpu import prepare_for
     from .strategies import plan_stages, schedule_metrics, stage_logger
     from .train import run_training
 
+    prepare_for("efficientnet")
     return run_training(
         config,
         f"finetune-{config.strategy}",

@@ -12,13 +12,31 @@ from inat_keras.jax_cpu import configure_xla_flags, malloc_environment
 REPO = Path(__file__).resolve().parent.parent
 
 
-def test_xla_flags_are_added_and_the_users_win():
+def test_xla_flags_are_added_per_model_and_the_users_win():
     environ = {"XLA_FLAGS": "--xla_dump_to=/tmp/x"}
     configure_xla_flags(environ)
+    assert environ["XLA_FLAGS"] == "--xla_dump_to=/tmp/x --xla_cpu_experimental_ynn_fusion_type="
+    configure_xla_flags(environ, "efficientnet", base="--xla_dump_to=/tmp/x")
     assert environ["XLA_FLAGS"] == "--xla_dump_to=/tmp/x --xla_cpu_experimental_ynn_fusion_type=reduce"
     environ = {"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=individual_dot"}
-    configure_xla_flags(environ)
+    configure_xla_flags(environ, "efficientnet")
     assert environ["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=individual_dot"
+
+
+@pytest.mark.parametrize(
+    "before, user_flags, expected",
+    [
+        ("", "", "--xla_cpu_experimental_ynn_fusion_type=reduce"),  # JAX not started yet: switched
+        ("import jax; jax.devices(); ", "", "--xla_cpu_experimental_ynn_fusion_type="),  # XLA read them already
+        ("", "--xla_cpu_experimental_ynn_fusion_type=eltwise", "--xla_cpu_experimental_ynn_fusion_type=eltwise"),
+    ],
+)
+def test_a_model_family_picks_its_flags_only_before_jax_starts(before, user_flags, expected):
+    code = (f"import os, inat_keras; {before}from inat_keras.jax_cpu import prepare_for; "
+            "prepare_for('efficientnet'); print(os.environ['XLA_FLAGS'])")  # fmt: skip
+    env = {**os.environ, "XLA_FLAGS": user_flags, "KERAS_BACKEND": "jax"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == expected
 
 
 def test_convolution_gradients_compile_to_xlas_own_kernels():
