@@ -33,7 +33,7 @@ class EpochTimer(keras.callbacks.Callback):
 
 class PaddedValidationLoss(keras.callbacks.Callback):
     """Keras divides the validation loss by every image of its batches, zero-weight padding included
-    (data.pad_batch); scaling by padded/real images makes it the mean over the real ones. Goes first."""
+    (data.padded); scaling by padded/real images makes it the mean over the real ones. Goes first."""
 
     def __init__(self, images: int, batch_size: int):
         super().__init__()

@@ -1,9 +1,10 @@
-"""The CNN's own layers: Keras layers that keep one behaviour across backends and device counts.
+"""The models' own layers: Keras layers that keep one behaviour across backends and device counts.
 
-Pooling and activations are re-expressed, under JAX on a CPU, in forms that XLA:CPU runs fast; each is
-its Keras parent (same arguments, weights, checkpoints and outputs) and runs the parent's own code on
-other backends and devices. The profiles behind them are in BENCHMARKS.md. Batch normalisation takes
-its statistics over the global batch on any number of devices.
+Pooling, activations and depthwise convolutions are re-expressed, under JAX on a CPU, in forms that
+XLA:CPU runs fast; each is its Keras parent (same arguments, weights, checkpoints and outputs, up to
+float rounding) and runs the parent's own code on other backends and devices. The profiles behind them
+are in BENCHMARKS.md. Batch normalisation takes its statistics over the global batch on any number of
+devices.
 """
 
 from __future__ import annotations
@@ -99,15 +100,17 @@ def _mirrored_replicas() -> int:
 
     return tf.distribute.get_strategy().num_replicas_in_sync
 
+
 def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
     """TensorFlow's 'same' padding (the odd pixel goes after), as Keras uses on every backend."""
     total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
     return total // 2, total - total // 2
 
 
-def _taps(x, kernel_hw, strides, out_hw):
+def _taps(x, kernel_hw, strides):
     """The strided window views of (already padded) x, one per kernel position, row-major."""
-    (kh, kw), (sh, sw), (oh, ow) = kernel_hw, strides, out_hw
+    (kh, kw), (sh, sw), (height, width) = kernel_hw, strides, x.shape[1:3]
+    oh, ow = (height - kh) // sh + 1, (width - kw) // sw + 1
     return [
         x[:, i : i + (oh - 1) * sh + 1 : sh, j : j + (ow - 1) * sw + 1 : sw, :] for i in range(kh) for j in range(kw)
     ]
@@ -132,15 +135,9 @@ def _depthwise_conv(strides: tuple[int, int], padding: str):
         (height, width), (kh, kw) = x.shape[1:3], kernel_hw
         return jnp.pad(x, ((0, 0), _same_padding(height, kh, strides[0]), _same_padding(width, kw, strides[1]), (0, 0)))
 
-    def out_size(x, kernel_hw):
-        (height, width), (kh, kw), (sh, sw) = x.shape[1:3], kernel_hw, strides
-        if padding == "valid":
-            return (height - kh) // sh + 1, (width - kw) // sw + 1
-        return -(-height // sh), -(-width // sw)
-
     def forward(x, kernel):
         kernel_hw = kernel.shape[:2]
-        taps = _taps(pad(x, kernel_hw), kernel_hw, strides, out_size(x, kernel_hw))
+        taps = _taps(pad(x, kernel_hw), kernel_hw, strides)
         weights = kernel.reshape(-1, kernel.shape[2])
         return functools.reduce(lambda a, b: a + b, [tap * weights[n] for n, tap in enumerate(taps)])
 
@@ -155,7 +152,7 @@ def _depthwise_conv(strides: tuple[int, int], padding: str):
         x, kernel = residuals
         (grad_x,) = jax.vjp(lambda x: forward(x, kernel), x)[1](grad)
         kernel_hw, channels = kernel.shape[:2], kernel.shape[2]
-        taps = _taps(pad(x, kernel_hw), kernel_hw, strides, grad.shape[1:3])
+        taps = _taps(pad(x, kernel_hw), kernel_hw, strides)
         products = jnp.concatenate([tap * grad for tap in taps], axis=-1).reshape(-1, len(taps) * channels)
         grad_kernel = jnp.ones((1, products.shape[0]), products.dtype) @ products
         return grad_x, grad_kernel.reshape(kernel.shape).astype(kernel.dtype)

@@ -104,7 +104,7 @@ def compile_model(model: keras.Model, config: TrainConfig) -> None:
     model.compile(
         optimizer=keras.optimizers.Adam(config.learning_rate),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        weighted_metrics=["accuracy"],  # so that zero-weight padding (data.pad_batch) is not counted
+        weighted_metrics=["accuracy"],  # so that zero-weight padding (data.padded) is not counted
         steps_per_execution=config.steps_per_execution,
         jit_compile={"auto": "auto", "on": True, "off": False}[config.jit_compile],
     )
@@ -284,10 +284,10 @@ def fit_stages(config, run_dir, resuming, kind, placement, build_model, plan_sta
                 continue
             stage.apply(model)
             compile_model(model, config)
-            log.info("stage %s: epochs %d-%d", stage.label, max(stage.start, start) + 1, stage.stop)
-            epochs = (max(stage.start, start), stage.stop)
+            first = max(stage.start, start)
+            log.info("stage %s: epochs %d-%d", stage.label, first + 1, stage.stop)
             train_ds = make_dataset(splits.train, config, training=True, channels=channels, batch_size=batch,
-                                    even_batches=even, epochs=epochs)  # fmt: skip
+                                    even_batches=even, epochs=(first, stage.stop))  # fmt: skip
             model.fit(
                 train_ds,
                 validation_data=val_ds,
