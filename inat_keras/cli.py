@@ -1,4 +1,8 @@
-"""`python run.py COMMAND ...`: a thin layer over functions that the tests call directly."""
+"""`python run.py COMMAND ...`: a thin layer over functions that the tests call directly.
+
+Each command imports what it runs when it runs, so that `--help` and a mistyped option answer without
+loading TensorFlow, JAX or keras-cv.
+"""
 
 from __future__ import annotations
 
@@ -8,18 +12,22 @@ import logging
 import sys
 from pathlib import Path
 
+import yaml
+
 from .config import (
     JIT_MODES,
     PRECISIONS,
-    ConfigError,
     FinetuneConfig,
     ScratchConfig,
     add_config_arguments,
     load_config,
     overrides_from_args,
+    read_yaml,
+    to_dict,
 )
-from .data import DataError
-from .kinds import KINDS
+from .errors import ConfigError, DataError
+from .perf import MODELS as BENCH_MODELS
+from .perf import PARTS as BENCH_PARTS
 
 
 def setup_backend() -> None:
@@ -31,35 +39,35 @@ def setup_backend() -> None:
         tf.config.set_visible_devices([], "GPU")
 
 
-def resolve(cls, args) -> object:
-    path = args.config or KINDS[args.command].default_config_path()
-    return load_config(cls, path, overrides_from_args(args, cls))
+def cmd_train(args) -> None:
+    """scratch and finetune: the kind's shipped YAML (or --config) <- flags; trained, or only printed."""
+    from .training.kinds import KINDS
 
-
-def cmd_scratch(args) -> None:
-    print_summary(*KINDS["scratch"].train(resolve(ScratchConfig, args)))
-
-
-def cmd_finetune(args) -> None:
-    print_summary(*KINDS["finetune"].train(resolve(FinetuneConfig, args)))
+    kind = KINDS[args.command]
+    config = load_config(kind.config_class, args.config or kind.default_config_path(),
+                         overrides_from_args(args, kind.config_class))  # fmt: skip
+    if args.print_config:
+        print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")
+        return
+    print_summary(*kind.train(config))
 
 
 def cmd_info(args) -> None:
-    from .cnn import build_cnn, describe
+    from .models.cnn import build_cnn, describe
 
     config = load_config(ScratchConfig, args.config, overrides_from_args(args, ScratchConfig))
     print(describe(build_cnn(config, args.num_classes), config, args.num_classes))
 
 
 def cmd_evaluate(args) -> None:
-    from .report import evaluate_checkpoint
+    from .training.checkpoints import evaluate_checkpoint
 
     out_dir, metrics = evaluate_checkpoint(args.checkpoint, args.data_dir, args.demo, args.output_dir)
     print_summary(out_dir, metrics)
 
 
 def cmd_predict(args) -> None:
-    from .report import predict_images
+    from .training.checkpoints import predict_images
 
     for path, ranked in predict_images(args.checkpoint, args.images, args.data_dir, args.demo, args.top):
         print(path)
@@ -68,8 +76,8 @@ def cmd_predict(args) -> None:
 
 
 def cmd_sweep(args) -> None:
-    from .sweep import run_sweep
-    from .sweep_report import from_folder
+    from .sweeps.launch import run_sweep
+    from .sweeps.report import from_folder
 
     overrides = {"data_dir": args.data_dir, "demo": args.demo or None, "epochs": args.epochs,
                  "image_size": args.image_size}
@@ -79,21 +87,21 @@ def cmd_sweep(args) -> None:
 
 
 def cmd_sweep_report(args) -> None:
-    from .sweep_report import load_sweep
+    from .sweeps.report import load_sweep
 
     record, out_dir = load_sweep(args.sweep, args.project)
     report_sweep(record, Path(args.output_dir) if args.output_dir else out_dir)
 
 
 def report_sweep(record, out_dir: Path) -> None:
-    from .sweep_report import BEST_CONFIG, write_report
+    from .sweeps.report import BEST_CONFIG, write_report
 
     paths = write_report(record, out_dir)
     print(f"outputs: {out_dir} (best config: {paths.get(BEST_CONFIG, 'none, no trial finished')})")
 
 
 def cmd_bench(args) -> None:
-    from .bench import BenchOptions, run_bench, summary, write_report
+    from .perf.benchmark import BenchOptions, run_bench, summary, write_report
 
     options = BenchOptions(args.model, args.image_size, args.batch_size, args.data_dir, args.steps, args.repeats,
                            args.images, tuple(args.parts.split(",")), args.precision, args.jit_compile,
@@ -123,12 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
     scratch = commands.add_parser("scratch", help="train the 5-block CNN from scratch (Part A)")
     scratch.add_argument("--config", help="YAML config (default configs/scratch.yaml)")
     add_config_arguments(scratch, ScratchConfig)
-    scratch.set_defaults(func=cmd_scratch)
-
     finetune = commands.add_parser("finetune", help="fine-tune EfficientNetV2-S (Part B)")
     finetune.add_argument("--config", help="YAML config (default configs/finetune.yaml)")
     add_config_arguments(finetune, FinetuneConfig)
-    finetune.set_defaults(func=cmd_finetune)
+    for train in (scratch, finetune):
+        train.add_argument("--print-config", action="store_true", help="print the resolved config and stop")
+        train.set_defaults(func=cmd_train)
 
     info = commands.add_parser("info", help="layer table, parameter count and FLOPs of a CNN configuration")
     info.add_argument("--config", help="YAML config")
@@ -170,10 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep_report.add_argument("--output-dir", help="where to write (default: the sweep folder, or runs/sweep-<id>)")
     sweep_report.set_defaults(func=cmd_sweep_report)
 
-    from .bench import MODELS, PARTS
-
     bench = commands.add_parser("bench", help="training, inference, input-pipeline and epoch speed on the active backend")
-    bench.add_argument("--model", choices=MODELS, default="cnn",
+    bench.add_argument("--model", choices=BENCH_MODELS, default="cnn",
                        help="cnn: 64x5 3x3 ReLU; cnn-best: configs/scratch_best.yaml; efficientnet: V2-S, random weights")
     bench.add_argument("--image-size", type=int, default=224, help="square input size in pixels")
     bench.add_argument("--batch-size", type=int, default=32, help="images per step")
@@ -181,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--steps", type=int, default=5, help="steps per timed repeat")
     bench.add_argument("--repeats", type=int, default=3, help="timed repeats; the median is reported")
     bench.add_argument("--images", type=int, default=320, help="size of the generated folder (without --data-dir)")
-    bench.add_argument("--parts", default=",".join(PARTS), help="comma-separated subset to measure")
+    bench.add_argument("--parts", default=",".join(BENCH_PARTS), help="comma-separated subset to measure")
     bench.add_argument("--precision", choices=PRECISIONS, default="float32", help="compute dtype policy")
     bench.add_argument("--jit-compile", choices=JIT_MODES, default="auto", help="XLA for the TensorFlow step")
     bench.add_argument("--peak-tflops", type=float, default=0.0,
@@ -191,9 +197,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def model_family(args) -> str:
+    """The model family a command trains or measures, for the XLA:CPU flags that suit it."""
+    if args.command == "finetune" or getattr(args, "model", None) == "efficientnet":
+        return "efficientnet"
+    if args.command == "sweep":
+        from .sweeps.spec import check_sweep_file
+
+        return check_sweep_file(read_yaml(args.config), args.config).family
+    return "cnn"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        from .perf.cpu_tuning import prepare_for
+
+        prepare_for(model_family(args))  # before JAX starts its CPU client; flags the user set win
+    except (ConfigError, DataError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     setup_backend()
     try:
         args.func(args)

@@ -9,11 +9,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import importlib.resources as resources
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from .errors import ConfigError
+from .files import write_text
+from .models.efficientnet_layout import MIN_IMAGE_SIZE, max_k
 
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 ACTIVATIONS = ("relu", "leaky_relu", "parametric_relu", "gelu", "silu", "mish")
@@ -36,15 +41,12 @@ STRATEGIES = ("full", "head", "last_k", "gradual")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 DISTRIBUTE_MODES = ("auto", "none", "data-parallel")
 JIT_MODES = ("auto", "on", "off")
-# EfficientNetV2-S downsamples by 32 and keras.applications, the source of its ImageNet weights, refuses
-# smaller inputs (keras-cv's backbone itself computes at any size; measured down to 1 pixel).
-EFFICIENTNET_MIN_IMAGE_SIZE = 32
-EFFICIENTNET_BLOCKS = 40  # keras-cv's V2-S sub-blocks block1a_ .. block6o_ (strategies.py checks the model has them)
 DEMO_SECTION = "demo_overrides"
-
-
-class ConfigError(ValueError):
-    """A configuration value that cannot be used; the message says which and why."""
+# Where a run's images come from and where its results go: the command chooses them, a configuration does not
+# (sweeps may not search them; a sweep's best configuration leaves them out).
+PLACE_OPTIONS = ("data_dir", "demo", "output_dir", "wandb", "wandb_project")
+# Options that change how a run is carried out, not what it computes: an interrupted run resumes under other values.
+RESUME_NEUTRAL_OPTIONS = ("output_dir", "wandb", "epochs", "early_stopping", "steps_per_execution", "jit_compile")
 
 
 def _doc(text: str, **kwargs):
@@ -102,6 +104,10 @@ class TrainConfig:
         if self.demo and self.data_dir:
             raise ConfigError("give either --demo or --data-dir, not both")
 
+    def image_channels(self) -> int:
+        """Channels of the model's input images (RGB unless the model says otherwise)."""
+        return 3
+
 
 @dataclass
 class ScratchConfig(TrainConfig):
@@ -128,6 +134,9 @@ class ScratchConfig(TrainConfig):
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
 
+    def image_channels(self) -> int:
+        return self.channels
+
 
 @dataclass
 class FinetuneConfig(TrainConfig):
@@ -151,17 +160,24 @@ class FinetuneConfig(TrainConfig):
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0.0 <= self.head_dropout < 1.0:
             raise ConfigError(f"head_dropout must be in [0, 1), got {self.head_dropout}")
-        if self.k > EFFICIENTNET_BLOCKS:
-            raise ConfigError(
-                f"k must be at most {EFFICIENTNET_BLOCKS} (EfficientNetV2-S has {EFFICIENTNET_BLOCKS} blocks), "
-                f"got {self.k}"
-            )
-        if self.image_size < EFFICIENTNET_MIN_IMAGE_SIZE:
+        unit = "block"
+        if self.k > max_k(unit):
+            raise ConfigError(f"k must be at most {max_k(unit)} (EfficientNetV2-S has {max_k(unit)} {unit}s), got {self.k}")
+        if self.image_size < MIN_IMAGE_SIZE:
             raise ConfigError(
                 f"image_size {self.image_size} is too small for EfficientNetV2-S: the smallest image size that "
-                f"works is {EFFICIENTNET_MIN_IMAGE_SIZE} (the network downsamples by 32, and keras.applications, "
+                f"works is {MIN_IMAGE_SIZE} (the network downsamples by 32, and keras.applications, "
                 "whose ImageNet weights it uses, refuses smaller inputs)"
             )
+
+
+def shipped_config(name: str) -> Path:
+    """A YAML file of the top-level configs/ folder, which the package ships as `inat_keras.configs`."""
+    folder = Path(str(resources.files("inat_keras.configs")))
+    path = folder / name
+    if not path.is_file():
+        raise ConfigError(f"the shipped config {name} is missing from {folder}; reinstall inat-keras")
+    return path
 
 
 def resolve_blocks(value, presets: dict[str, list[int]], name: str) -> list[int]:
@@ -247,8 +263,7 @@ def to_dict(config) -> dict:
 
 
 def save_config(config, path: Path) -> None:
-    with open(path, "w") as f:
-        yaml.safe_dump(to_dict(config), f, sort_keys=False)
+    write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False))
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls) -> None:

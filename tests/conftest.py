@@ -4,10 +4,14 @@ import os
 import tempfile
 
 _CACHE = tempfile.mkdtemp(prefix="inat-keras-test-cache-")
-os.environ["INAT_KERAS_CACHE"] = _CACHE  # before inat_keras.data reads it
+os.environ["INAT_KERAS_CACHE"] = _CACHE  # before inat_keras.data.cache reads it
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from inat_keras.perf.cpu_tuning import prepare_for  # noqa: E402
+
+prepare_for("cnn")  # what the CLI does before JAX starts, for the commands these tests run in-process
 
 from pathlib import Path  # noqa: E402
 

@@ -18,7 +18,7 @@ if keras.backend.backend() == "tensorflow" and os.environ.get("TEST_CPU_DEVICES"
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * int(os.environ["TEST_CPU_DEVICES"]))
 
 from inat_keras.config import build_config  # noqa: E402
-from inat_keras.kinds import KINDS  # noqa: E402
+from inat_keras.training.kinds import KINDS  # noqa: E402
 
 for values in map(json.loads, sys.argv[1:]):
     kind = KINDS[values.pop("kind", "scratch")]

@@ -1,6 +1,6 @@
 import pytest
 
-from inat_keras.cnn import build_cnn, check_geometry, closed_form_params, min_image_size, model_flops
+from inat_keras.models.cnn import build_cnn, check_geometry, closed_form_params, min_image_size, model_flops
 from inat_keras.config import ConfigError, ScratchConfig, build_config
 
 

@@ -6,7 +6,9 @@ import pytest
 from PIL import Image
 
 from inat_keras.config import ScratchConfig, build_config
-from inat_keras.data import DataError, dataset_root, decode_resize, load_splits, make_dataset
+from inat_keras.data.pipeline import decode_resize, make_dataset
+from inat_keras.data.splits import dataset_root, load_splits
+from inat_keras.errors import DataError
 
 from conftest import CLASSES, write_image_folder
 
@@ -105,7 +107,7 @@ def test_without_augmentation_training_images_are_untouched(image_folder):
 
 
 def _photo_file(path, width=800, height=600):
-    from inat_keras.synthetic import photo
+    from inat_keras.data.synthetic import photo
 
     Image.fromarray(photo(np.random.default_rng(3), np.full(3, 120, np.float32), width, height)).save(path, quality=90)
     return str(path)
@@ -121,7 +123,7 @@ def _full_decode(path, size):
 def test_big_jpegs_decode_at_reduced_ratio_to_almost_the_same_image(tmp_path):
     import tensorflow as tf
 
-    from inat_keras.data import jpeg_ratio_index
+    from inat_keras.data.pipeline import jpeg_ratio_index
 
     path = _photo_file(tmp_path / "photo.jpg")
     contents = tf.io.read_file(path)
@@ -161,7 +163,7 @@ def test_cached_epochs_read_no_files(tmp_path, cache):
 
 
 def test_disk_cache_is_named_by_size_channels_and_file_content(tmp_path):
-    from inat_keras.data import CACHE_HOME, cache_key
+    from inat_keras.data.cache import CACHE_HOME, cache_key
 
     root = write_image_folder(tmp_path / "data", {"train": 4, "val": 1})
     splits = load_splits(root, 0.5, 0)
@@ -182,7 +184,8 @@ def test_disk_cache_is_named_by_size_channels_and_file_content(tmp_path):
 def test_an_interrupted_disk_cache_is_never_read(tmp_path):
     import tensorflow as tf
 
-    from inat_keras.data import CACHE_HOME, Split, cache_key
+    from inat_keras.data.cache import CACHE_HOME, cache_key
+    from inat_keras.data.splits import Split
 
     root = write_image_folder(tmp_path / "data", {"train": 4, "val": 1})
     paths = sorted(str(p) for p in (root / "train").rglob("*.jpg"))
@@ -204,7 +207,7 @@ def test_an_interrupted_disk_cache_is_never_read(tmp_path):
 
 
 def test_auto_cache_uses_the_disk_when_memory_is_short(tmp_path, monkeypatch):
-    import inat_keras.data as data
+    import inat_keras.data.cache as data
 
     root = write_image_folder(tmp_path / "data", {"train": 4, "val": 1})
     splits = load_splits(root, 0.5, 0)

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from inat_keras import datasets
-from inat_keras.data import DataError, list_images
+from inat_keras.data import sources as datasets
+from inat_keras.data.splits import list_images
+from inat_keras.errors import DataError
 
 
 def test_demo_data_are_the_real_digits_in_the_folder_layout(tmp_path):

@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 
 from conftest import tiny_cnn_values, write_image_folder
-from inat_keras import distribute, layers, train  # noqa: F401  (layers: registers the CNN layers for loading)
-from inat_keras.callbacks import read_history
+from inat_keras.models import layers  # noqa: F401  (registers the CNN layers for loading)
+from inat_keras.training import distribute, loop, run_folder
+from inat_keras.training.run_folder import read_history
 from inat_keras.config import ConfigError, ScratchConfig, build_config
-from inat_keras.distribute import Placement, place
-from inat_keras.kinds import train_scratch
+from inat_keras.training.distribute import Placement, place
+from inat_keras.training.kinds import KINDS
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = Path(__file__).resolve().parent / "distributed_train.py"
@@ -81,15 +82,15 @@ def test_gradual_unfreezing_recompiles_inside_the_distribution(tmp_path):
 
 
 def test_a_process_that_is_not_the_first_writes_nothing(image_folder, tmp_path, monkeypatch):
-    monkeypatch.setattr(train, "place", lambda mode: Placement("data-parallel", 1, process=1, processes=2))
+    monkeypatch.setattr(loop, "place", lambda mode: Placement("data-parallel", 1, process=1, processes=2))
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
     modes = []
-    real_start = train.tracking.start_run
-    monkeypatch.setattr(train.tracking, "start_run", lambda *a, **k: modes.append(a[2]) or real_start(*a, **k))
+    real_start = loop.tracking.start_run
+    monkeypatch.setattr(loop.tracking, "start_run", lambda *a, **k: modes.append(a[2]) or real_start(*a, **k))
     out = tmp_path / "run"
     config = build_config(ScratchConfig, {**tiny_cnn_values(), "data_dir": str(image_folder),
                                           "output_dir": str(out), "wandb": "offline", "epochs": 1})  # fmt: skip
-    run_dir, metrics = train_scratch(config)
+    run_dir, metrics = KINDS["scratch"].train(config)
     assert (run_dir, metrics) == (out, {})
     assert not out.exists()
     assert modes == ["disabled"]
@@ -99,13 +100,13 @@ def test_a_process_that_is_not_the_first_writes_nothing(image_folder, tmp_path, 
 def test_a_later_process_resumes_from_the_shared_folder(tmp_path, monkeypatch):
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
     shared = tmp_path / "run"
-    (shared / train.BACKUP).mkdir(parents=True)
-    (shared / train.BACKUP / "training_metadata.json").write_text('{"epoch": 3}')
-    (shared / train.SPLIT).write_text("{}")
-    private, resuming = train.worker_run_dir(str(shared))
+    (shared / run_folder.BACKUP).mkdir(parents=True)
+    (shared / run_folder.BACKUP / "training_metadata.json").write_text('{"epoch": 3}')
+    (shared / run_folder.SPLIT).write_text("{}")
+    private, resuming = run_folder.worker_run_dir(str(shared))
     assert resuming and private != shared
-    assert train.resumed_epoch(private) == 3 and (private / train.SPLIT).exists()
-    fresh, resuming = train.worker_run_dir(str(tmp_path / "new"))
+    assert run_folder.resumed_epoch(private) == 3 and (private / run_folder.SPLIT).exists()
+    fresh, resuming = run_folder.worker_run_dir(str(tmp_path / "new"))
     assert not resuming and not any(fresh.iterdir())
 
 
@@ -124,7 +125,7 @@ def test_placement_on_one_device_and_refusals(monkeypatch):
             distribute._place_jax("none")
 
 
-@pytest.mark.skipif(keras.backend.backend() != "jax", reason="several processes train under JAX only (see distribute.py)")
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="several processes train under JAX only (see training/distribute.py)")
 def test_two_processes_train_one_model_and_only_the_first_writes(tmp_path):
     data = write_image_folder(tmp_path / "data", {"train": 9, "val": 3})
     out = tmp_path / "run"

@@ -8,7 +8,7 @@ from keras_cv.src.utils.preset_utils import save_to_preset
 
 from inat_keras.cli import main
 from inat_keras.config import ConfigError, FinetuneConfig, build_config
-from inat_keras.efficientnet import (
+from inat_keras.models.efficientnet import (
     BACKBONE,
     HEAD,
     KERAS_CV_HANDLE,
@@ -191,11 +191,11 @@ def test_an_image_size_below_the_minimum_is_refused(capsys):
 
 def test_the_study_settings_are_the_default_config():
     from inat_keras.config import load_config
-    from inat_keras.kinds import CONFIGS
+    from inat_keras.config import shipped_config
 
-    study = load_config(FinetuneConfig, CONFIGS / "finetune.yaml")
+    study = load_config(FinetuneConfig, shipped_config("finetune.yaml"))
     assert (study.image_size, study.strategy, study.unfreeze_every, study.unfreeze_step) == (384, "gradual", 2, 1)
     assert (study.learning_rate, study.batch_size, study.epochs, study.augment) == (1e-4, 16, 10, True)
     assert study.weights == "imagenet"
-    demo = load_config(FinetuneConfig, CONFIGS / "finetune.yaml", {"demo": True, "weights": "none"})
+    demo = load_config(FinetuneConfig, shipped_config("finetune.yaml"), {"demo": True, "weights": "none"})
     assert demo.image_size < 384 and demo.epochs < 10 and demo.strategy == "gradual" and demo.weights == "none"

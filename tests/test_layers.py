@@ -6,9 +6,9 @@ import keras
 import numpy as np
 import pytest
 
-from inat_keras.cnn import build_cnn
+from inat_keras.models.cnn import build_cnn
 from inat_keras.config import ScratchConfig, build_config
-from inat_keras.layers import Activation, BlockMaxPooling2D, DepthwiseConv2D, mish
+from inat_keras.models.layers import Activation, BlockMaxPooling2D, DepthwiseConv2D, mish
 
 from conftest import tiny_cnn_values
 
@@ -126,7 +126,7 @@ def test_cnn_checkpoints_load_on_both_backends(tmp_path):
     np.save(tmp_path / "x.npy", x)
     np.save(tmp_path / "expected.npy", keras.ops.convert_to_numpy(model(x)))
     check = (
-        "import sys, numpy as np, keras, inat_keras.layers; "
+        "import sys, numpy as np, keras, inat_keras.models.layers; "
         f"m = keras.models.load_model(r'{path}'); x = np.load(r'{tmp_path / 'x.npy'}'); "
         f"e = np.load(r'{tmp_path / 'expected.npy'}'); out = keras.ops.convert_to_numpy(m(x)); "
         "sys.exit(0 if np.allclose(out, e, rtol=1e-4, atol=1e-4) else 1)"

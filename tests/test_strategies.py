@@ -1,9 +1,10 @@
 """Fine-tuning strategies: exactly the intended weights train, batch norm as documented, stages continue.
 
 Which weight belongs to which group is read here from the weight's path (block6o_/..., top_conv/...),
-independently of how inat_keras.strategies finds the layers.
+independently of how inat_keras.models.strategies finds the layers.
 """
 
+import dataclasses
 import json
 import os
 
@@ -12,14 +13,15 @@ import numpy as np
 import pytest
 
 from conftest import Interrupt
-from inat_keras import tracking
-from inat_keras.callbacks import read_history
+from inat_keras.training import tracking
+from inat_keras.training.run_folder import read_history
 from inat_keras.cli import main
 from inat_keras.config import ConfigError, FinetuneConfig, build_config
-from inat_keras.efficientnet import build_finetune_model
-from inat_keras.report import evaluate_checkpoint, predict_images
-from inat_keras.strategies import layer_groups, plan_stages, schedule_metrics, stage_logger, trainable_counts
-from inat_keras.train import compile_model, run_training
+from inat_keras.models.efficientnet import build_finetune_model
+from inat_keras.training.checkpoints import evaluate_checkpoint, predict_images
+from inat_keras.models.strategies import layer_groups, plan_stages, schedule_metrics, stage_logger, trainable_counts
+from inat_keras.training.kinds import KINDS
+from inat_keras.training.loop import compile_model
 
 SIZE = 32
 REPEATS = [2, 4, 4, 6, 9, 15]
@@ -165,14 +167,8 @@ def gradual(folder, out, **values) -> FinetuneConfig:
 
 
 def train(settings, *extra):
-    return run_training(
-        settings,
-        "finetune-gradual",
-        lambda n: build_finetune_model(settings, n),
-        plan_stages=plan_stages,
-        extra_callbacks=lambda model: stage_logger(model) + list(extra),
-        extra_metrics=schedule_metrics,
-    )
+    kind = dataclasses.replace(KINDS["finetune"], callbacks=lambda model: stage_logger(model) + list(extra))
+    return kind.train(settings)
 
 
 @pytest.fixture(scope="module")

@@ -9,13 +9,15 @@ import wandb
 import yaml
 from PIL import Image
 
-from inat_keras import sweep, tracking
-from inat_keras.callbacks import read_history
+from inat_keras.sweeps import launch, local
+from inat_keras.sweeps.spec import load_plan
+from inat_keras.training import run_folder, tracking
+from inat_keras.training.run_folder import read_history
 from inat_keras.cli import main
-from inat_keras.config import ConfigError, ScratchConfig, load_config
-from inat_keras.kinds import CONFIGS, KINDS
-from inat_keras.sweep_report import from_folder, importance
-from inat_keras.train import TrainingDiverged
+from inat_keras.config import PLACE_OPTIONS, ConfigError, ScratchConfig, load_config, shipped_config
+from inat_keras.training.kinds import KINDS, Kind
+from inat_keras.sweeps.report import from_folder, importance
+from inat_keras.training.loop import TrainingDiverged
 
 STUDY_SPACE = {
     "augment": [True, False],
@@ -43,6 +45,16 @@ def sweep_file(tmp_path, parameters, constants=TINY, method="bayes", name="sweep
     return path
 
 
+def with_training(kind: Kind, train) -> Kind:
+    """The kind with its training replaced by a test double."""
+
+    class Replaced(type(kind)):
+        def train(self, config):
+            return train(config)
+
+    return Replaced(**{f.name: getattr(kind, f.name) for f in dataclasses.fields(kind)})
+
+
 class TrainingSpy:
     """The scratch kind's real training, recorded by trial name, with hooks a test can set between runs."""
 
@@ -50,7 +62,7 @@ class TrainingSpy:
 
     def __init__(self, monkeypatch):
         self.calls, self.before, self.after = [], None, None
-        monkeypatch.setitem(KINDS, "scratch", dataclasses.replace(self.real, train=self.train))
+        monkeypatch.setitem(KINDS, "scratch", with_training(self.real, self.train))
 
     def train(self, config):
         name = Path(config.output_dir).name
@@ -71,12 +83,12 @@ def capture_runs(monkeypatch) -> list:
 
 
 def test_shipped_sweep_files_are_valid_and_cover_the_study_space(caplog):
-    sweep.load_plan(CONFIGS / "sweep_scratch.yaml", {"demo": True, "image_size": 96})
+    load_plan(shipped_config("sweep_scratch.yaml"), {"demo": True, "image_size": 96})
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert [m.split("'")[1] for m in warned] == ["constant5", "constant7", "increasing"]
     assert all("parameters.kernel_sizes" in m and "smallest image size" in m for m in warned)
     caplog.clear()
-    plan = sweep.load_plan(CONFIGS / "sweep_scratch.yaml", {"demo": True})
+    plan = load_plan(shipped_config("sweep_scratch.yaml"), {"demo": True})
     assert plan.base["image_size"] == 218  # the demo's 96 pixels raised so that constant7 fits
     assert [r.getMessage() for r in caplog.records] == [
         "demo sweep: image size 96 -> 218 so that every kernel option fits (pass --image-size to choose)"
@@ -84,7 +96,7 @@ def test_shipped_sweep_files_are_valid_and_cover_the_study_space(caplog):
     assert plan.kind.name == "scratch" and plan.sweep["method"] == "bayes"
     assert plan.sweep["metric"] == {"name": "val_accuracy", "goal": "maximize"}
     assert {k: v["values"] for k, v in plan.sweep["parameters"].items()} == STUDY_SPACE
-    finetune = sweep.load_plan(CONFIGS / "sweep_finetune.yaml")
+    finetune = load_plan(shipped_config("sweep_finetune.yaml"))
     assert finetune.kind.name == "finetune"
     assert {"strategy", "k", "unfreeze_every", "learning_rate", "batch_size"} <= set(finetune.sweep["parameters"])
 
@@ -118,7 +130,7 @@ def test_offline_sweep_of_three_trials_writes_trials_best_config_and_plots(tmp_p
     assert metrics[0] == pytest.approx(best["metric"], abs=1e-4)
 
     best_yaml = yaml.safe_load((out / "best_config.yaml").read_text())
-    assert best_yaml == {k: v for k, v in best["config"].items() if k not in sweep.COMMAND_OPTIONS}
+    assert best_yaml == {k: v for k, v in best["config"].items() if k not in PLACE_OPTIONS}
     retrain = load_config(ScratchConfig, out / "best_config.yaml", {"demo": True})
     for name, value in best["params"].items():
         assert getattr(retrain, name) == value
@@ -153,22 +165,22 @@ def test_a_killed_sweep_resumes_without_losing_or_repeating_trials(image_folder,
     spy = TrainingSpy(monkeypatch)
     spy.after = killed_after_training
     with pytest.raises(KeyboardInterrupt):
-        sweep.run_sweep(path, 2, options, out)
+        launch.run_sweep(path, 2, options, out)
     assert [t["state"] for t in json.loads((out / "trials.json").read_text())["trials"]] == ["running"]
 
-    seen, propose = [], sweep.propose
+    seen, propose = [], local.propose
     def listening(spec, trials, seed):
         seen.append(json.loads(json.dumps(trials)))
         return propose(spec, trials, seed)
 
-    monkeypatch.setattr(sweep, "propose", listening)
+    monkeypatch.setattr(local, "propose", listening)
     spy.after, spy.before = None, killed_mid_trial
     with pytest.raises(KeyboardInterrupt):
-        sweep.run_sweep(path, 2, options, out)
+        launch.run_sweep(path, 2, options, out)
     second = json.loads((out / "trials.json").read_text())["trials"]
     assert [t["state"] for t in second] == ["finished", "running"]
     spy.before = None
-    sweep.run_sweep(path, 2, options, out)
+    launch.run_sweep(path, 2, options, out)
 
     trials = json.loads((out / "trials.json").read_text())["trials"]
     assert spy.calls == ["trial-001", "trial-002", "trial-002"]
@@ -189,7 +201,7 @@ def test_failing_trials_are_recorded_and_the_sweep_goes_on(image_folder, tmp_pat
             raise TrainingDiverged("the loss became NaN")
 
     TrainingSpy(monkeypatch).before = diverge
-    _, out = sweep.run_sweep(path, 5, {"data_dir": str(image_folder)}, tmp_path / "sweep")
+    _, out = launch.run_sweep(path, 5, {"data_dir": str(image_folder)}, tmp_path / "sweep")
     trials = json.loads((out / "trials.json").read_text())["trials"]
     assert [(t["params"]["dense_units"], t["params"]["kernel_sizes"]) for t in trials] == [
         (8, [1] * 5), (8, "constant3"), (16, [1] * 5), (16, "constant3")
@@ -209,9 +221,9 @@ def test_bayes_proposes_from_the_metrics_it_is_given():
         return [{"name": f"t{i}", "state": "finished", "params": {"dropout": x},
                  "summary": {"val_accuracy": 0.5 + slope * x}} for i, x in enumerate(points)]
 
-    rising = sweep.propose(spec, trials(+0.5), seed=7)["dropout"]
-    falling = sweep.propose(spec, trials(-0.5), seed=7)["dropout"]
-    assert sweep.propose(spec, trials(+0.5), seed=7)["dropout"] == rising
+    rising = local.propose(spec, trials(+0.5), seed=7)["dropout"]
+    falling = local.propose(spec, trials(-0.5), seed=7)["dropout"]
+    assert local.propose(spec, trials(+0.5), seed=7)["dropout"] == rising
     assert type(rising) is float
     assert rising > 0.6 and falling < 0.3
 
@@ -233,13 +245,13 @@ def test_training_logs_the_sweep_metric_under_its_exact_name(image_folder, tmp_p
     run_dir, _ = KINDS["scratch"].train(config)
 
     history = read_history(run_dir / "history.csv")
-    for path in sorted(CONFIGS.glob("sweep_*.yaml")):
+    for path in sorted(shipped_config("scratch.yaml").parent.glob("sweep_*.yaml")):
         metric = yaml.safe_load(path.read_text())["metric"]
         assert metric["name"] in logged, path
         assert metric["name"].startswith("val_")
-        best = tracking.best_value(metric["name"], [r[metric["name"]] for r in history])
+        best = run_folder.best_value(metric["name"], [r[metric["name"]] for r in history])
         assert runs[0].summary[metric["name"]] == pytest.approx(best)
-    assert all(name in logged for name in tracking.SWEEP_METRICS)
+    assert all(name in logged for name in run_folder.METRIC_GOALS)
 
 
 def test_the_run_summary_holds_the_best_epoch_not_the_last(tmp_path):
@@ -279,7 +291,7 @@ def test_the_run_summary_holds_the_best_epoch_not_the_last(tmp_path):
     ],
 )
 def test_invalid_sweep_files_are_refused_naming_the_key(tmp_path, change, key):
-    spec = yaml.safe_load((CONFIGS / "sweep_scratch.yaml").read_text())
+    spec = yaml.safe_load((shipped_config("sweep_scratch.yaml")).read_text())
     for section, value in change.items():
         if section == "parameters":
             spec["parameters"].update(value)
@@ -290,7 +302,7 @@ def test_invalid_sweep_files_are_refused_naming_the_key(tmp_path, change, key):
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(spec))
     with pytest.raises(ConfigError, match=key.replace(".", r"\.").replace("(", r"\(")):
-        sweep.load_plan(path, {"demo": True})
+        load_plan(path, {"demo": True})
 
 
 def test_a_refused_file_starts_nothing(tmp_path, capsys):
@@ -303,49 +315,49 @@ def test_a_refused_file_starts_nothing(tmp_path, capsys):
 def test_a_space_where_no_model_fits_is_refused(tmp_path):
     path = sweep_file(tmp_path, {"kernel_sizes": {"values": ["constant3", "decreasing"]}})  # 32-pixel images
     with pytest.raises(ConfigError, match="no combination.*image size 32 is too small"):
-        sweep.load_plan(path, {"demo": True})
-    assert sweep.load_plan(path, {"demo": True, "image_size": 94}).base["image_size"] == 94
+        load_plan(path, {"demo": True})
+    assert load_plan(path, {"demo": True, "image_size": 94}).base["image_size"] == 94
 
 
 def test_command_line_options_may_not_override_a_swept_parameter(tmp_path):
     path = sweep_file(tmp_path, {"epochs": {"values": [1, 2]}}, {k: v for k, v in TINY.items() if k != "epochs"})
     with pytest.raises(ConfigError, match="parameters.epochs is swept"):
-        sweep.load_plan(path, {"demo": True, "epochs": 1})
+        load_plan(path, {"demo": True, "epochs": 1})
 
 
 def test_a_folder_of_another_sweep_is_not_resumed(image_folder, tmp_path, monkeypatch):
     def refuse(config):
         raise ConfigError("not trained here")
 
-    monkeypatch.setitem(KINDS, "scratch", dataclasses.replace(KINDS["scratch"], train=refuse))
+    monkeypatch.setitem(KINDS, "scratch", with_training(KINDS["scratch"], refuse))
     out = tmp_path / "sweep"
     first = sweep_file(tmp_path, {"learning_rate": {"values": [0.01, 0.003]}}, method="grid")
-    sweep.run_sweep(first, 1, {"data_dir": str(image_folder)}, out)
+    launch.run_sweep(first, 1, {"data_dir": str(image_folder)}, out)
     trials = json.loads((out / "trials.json").read_text())["trials"]
     assert [t["reason"] for t in trials] == ["ConfigError: not trained here"]
     with pytest.raises(ConfigError, match="other settings.*epochs"):
-        sweep.run_sweep(first, 2, {"data_dir": str(image_folder), "epochs": 2}, out)
+        launch.run_sweep(first, 2, {"data_dir": str(image_folder), "epochs": 2}, out)
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(ConfigError, match="holds no sweep"):
-        sweep.run_sweep(first, 1, {"data_dir": str(image_folder)}, tmp_path / "other")
+        launch.run_sweep(first, 1, {"data_dir": str(image_folder)}, tmp_path / "other")
 
 
 def test_online_only_when_logged_in_and_not_offline(tmp_path, monkeypatch):
     path = sweep_file(tmp_path, {"learning_rate": {"values": [0.01, 0.003]}})
     chosen = []
-    monkeypatch.setattr(sweep, "run_local", lambda *a: chosen.append("local"))
-    monkeypatch.setattr(sweep, "run_online", lambda *a: chosen.append("online"))
+    monkeypatch.setattr(launch, "run_local", lambda *a: chosen.append("local"))
+    monkeypatch.setattr(launch, "run_online", lambda *a: chosen.append("online"))
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setattr(tracking, "logged_in", lambda: False)
-    sweep.run_sweep(path, 1, {"demo": True}, tmp_path / "a")
+    launch.run_sweep(path, 1, {"demo": True}, tmp_path / "a")
     with pytest.raises(ConfigError, match="--sweep-id"):
-        sweep.run_sweep(path, 1, {"demo": True}, tmp_path / "b", sweep_id="abc")
+        launch.run_sweep(path, 1, {"demo": True}, tmp_path / "b", sweep_id="abc")
     monkeypatch.setattr(tracking, "logged_in", lambda: True)
-    sweep.run_sweep(path, 1, {"demo": True}, tmp_path / "c")
-    sweep.run_sweep(path, 1, {"demo": True}, tmp_path / "d", offline=True)
+    launch.run_sweep(path, 1, {"demo": True}, tmp_path / "c")
+    launch.run_sweep(path, 1, {"demo": True}, tmp_path / "d", offline=True)
     monkeypatch.setenv("WANDB_MODE", "offline")
-    sweep.run_sweep(path, 1, {"demo": True}, tmp_path / "e")
+    launch.run_sweep(path, 1, {"demo": True}, tmp_path / "e")
     assert chosen == ["local", "online", "local", "local"]
 
 
@@ -372,11 +384,11 @@ def test_the_agent_trains_the_config_that_wandb_proposes(tmp_path, monkeypatch, 
     monkeypatch.setattr(wandb, "agent", agent)
     monkeypatch.setattr(wandb, "init", lambda **kwargs: run)
     monkeypatch.setattr(wandb, "run", run)
-    monkeypatch.setitem(KINDS, "scratch", dataclasses.replace(KINDS["scratch"], train=trained.append))
+    monkeypatch.setitem(KINDS, "scratch", with_training(KINDS["scratch"], trained.append))
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setattr(tracking, "logged_in", lambda: True)
 
-    mode, out = sweep.run_sweep(path, 2, {"demo": True}, tmp_path / "sweep")
+    mode, out = launch.run_sweep(path, 2, {"demo": True}, tmp_path / "sweep")
     assert mode == "online" and created[0]["parameters"]["activation"] == {"values": ["relu", "gelu"]}
     printed = capsys.readouterr().out
     assert "sweep id: abc" in printed and "https://wandb.ai/team/inat-sweeps/sweeps/abc" in printed
@@ -389,8 +401,8 @@ def test_the_agent_trains_the_config_that_wandb_proposes(tmp_path, monkeypatch, 
     def refuse(config):
         raise ConfigError("image size 32 is too small")
 
-    monkeypatch.setitem(KINDS, "scratch", dataclasses.replace(KINDS["scratch"], train=refuse))
-    sweep.run_sweep(path, 2, {"demo": True}, tmp_path / "sweep2", sweep_id="abc")
+    monkeypatch.setitem(KINDS, "scratch", with_training(KINDS["scratch"], refuse))
+    launch.run_sweep(path, 2, {"demo": True}, tmp_path / "sweep2", sweep_id="abc")
     assert run.exit_code == 1 and "too small" in run.summary["failure"]
     assert len(created) == 1
 
@@ -418,14 +430,14 @@ def test_importance_finds_the_parameter_that_decides_the_metric():
 
 
 def sweep_report_record(trials):
-    from inat_keras.sweep_report import SweepRecord
+    from inat_keras.sweeps.report import SweepRecord
 
     parameters = {"learning_rate": {"values": [0.01, 0.001]}, "activation": {"values": ["relu", "gelu"]}}
     return SweepRecord("s", KINDS["scratch"], "val_accuracy", parameters, trials)
 
 
 def test_a_wandb_sweep_is_reported_like_a_local_one(tmp_path, monkeypatch):
-    from inat_keras.sweep_report import load_sweep, write_report
+    from inat_keras.sweeps.report import load_sweep, write_report
 
     def run(name, created, state, accuracy, lr, failure=None):
         config = {**TINY, "learning_rate": lr, "activation": "relu", "kind": "scratch", "classes": ["a", "b"]}
@@ -433,7 +445,7 @@ def test_a_wandb_sweep_is_reported_like_a_local_one(tmp_path, monkeypatch):
         return type("Run", (), {"name": name, "created_at": created, "state": state, "config": config,
                                 "summary": summary})()
 
-    spec = yaml.safe_load((CONFIGS / "sweep_scratch.yaml").read_text())
+    spec = yaml.safe_load((shipped_config("sweep_scratch.yaml")).read_text())
     runs = [run("b", "2026-01-02", "finished", 0.4, 0.001), run("a", "2026-01-01", "finished", 0.6, 0.01),
             run("c", "2026-01-03", "failed", None, 0.0005, "ConfigError: too small"),
             run("d", "2026-01-04", "running", None, 0.01)]

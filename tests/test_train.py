@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import keras
@@ -5,12 +6,12 @@ import numpy as np
 import pytest
 
 from conftest import Interrupt
-from inat_keras.callbacks import read_history
+from inat_keras.training.run_folder import read_history
 from inat_keras.cli import main
-from inat_keras.cnn import build_cnn
+from inat_keras.models.cnn import build_cnn
 from inat_keras.config import ConfigError, ScratchConfig, build_config
-from inat_keras.report import evaluate_checkpoint, predict_images
-from inat_keras.train import run_training
+from inat_keras.training.checkpoints import evaluate_checkpoint, predict_images
+from inat_keras.training.kinds import KINDS
 
 
 def config_for(folder, out, **extra):
@@ -20,7 +21,10 @@ def config_for(folder, out, **extra):
 
 
 def train(config, extra_callbacks=None):
-    return run_training(config, "scratch", lambda n: build_cnn(config, n), extra_callbacks=extra_callbacks)
+    kind = KINDS["scratch"]
+    if extra_callbacks:
+        kind = dataclasses.replace(kind, callbacks=extra_callbacks)
+    return kind.train(config)
 
 
 def test_a_run_writes_every_output(image_folder, tmp_path):

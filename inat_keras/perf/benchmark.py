@@ -23,12 +23,18 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import tensorflow as tf
 
-from .config import FinetuneConfig, ScratchConfig, TrainConfig, load_config
-from .kinds import CONFIGS
+from ..config import FinetuneConfig, ScratchConfig, TrainConfig, load_config, shipped_config
+from ..data.pipeline import make_dataset, steps_per_epoch
+from ..data.splits import dataset_root, load_splits
+from ..data.synthetic import cached_photo_folder
+from ..models.cnn import build_cnn, model_flops
+from ..models.efficientnet import build_finetune_model
+from ..training.callbacks import EpochTimer
+from ..training.loop import compile_model, dtype_policy
+from . import MODELS, PARTS
 
-MODELS = ("cnn", "cnn-best", "efficientnet")
-PARTS = ("train", "infer", "pipeline", "fit", "matmul")
 TRAIN_FLOPS_PER_FORWARD = 3  # forward, input gradient, weight gradient
 
 
@@ -49,17 +55,13 @@ class BenchOptions:
     overrides: dict = field(default_factory=dict)  # extra config values (tests shrink the model)
 
 
-class Unavailable(RuntimeError):
-    """The model cannot be built here yet; the message says why."""
-
-
 def model_config(options: BenchOptions) -> TrainConfig:
     values = {"image_size": options.image_size, "batch_size": options.batch_size, "wandb": "disabled",
               "precision": options.precision, "jit_compile": options.jit_compile, **options.overrides}  # fmt: skip
     if options.model == "cnn":
         return load_config(ScratchConfig, None, values)
     if options.model == "cnn-best":
-        return load_config(ScratchConfig, CONFIGS / "scratch_best.yaml", values)
+        return load_config(ScratchConfig, shipped_config("scratch_best.yaml"), values)
     if options.model == "efficientnet":
         return load_config(FinetuneConfig, None, {"weights": "none", **values})
     raise ValueError(f"model must be one of {', '.join(MODELS)}, got {options.model!r}")
@@ -68,10 +70,6 @@ def model_config(options: BenchOptions) -> TrainConfig:
 def build_model(options: BenchOptions, config: TrainConfig, num_classes: int) -> tuple[keras.Model, float]:
     """The model and its forward FLOPs per image."""
     if options.model == "efficientnet":
-        try:
-            from .efficientnet import build_finetune_model
-        except ImportError as err:
-            raise Unavailable(f"efficientnet: inat_keras.efficientnet cannot be imported yet ({err})") from None
         model = build_finetune_model(config, num_classes)
         # keras-cv's fused blocks hold squeeze-excite and batch-norm layers that they never call. While a
         # layer is unbuilt, train_on_batch and predict_on_batch trace the model eagerly on every call
@@ -80,8 +78,6 @@ def build_model(options: BenchOptions, config: TrainConfig, num_classes: int) ->
             if not layer.built and not layer.weights:
                 layer.built = True
         return model, compiled_forward_flops(model, config.image_size)
-    from .cnn import build_cnn, model_flops
-
     model = build_cnn(config, num_classes)
     return model, float(model_flops(model))
 
@@ -98,8 +94,6 @@ def compiled_forward_flops(model: keras.Model, image_size: int) -> float:
         weights = ([v.value for v in model.trainable_variables], [v.value for v in model.non_trainable_variables])
         return float(jax.jit(forward).lower(*weights, x).cost_analysis()["flops"])
     if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
         graph = tf.function(lambda x: model(x, training=False)).get_concrete_function(tf.TensorSpec(x.shape)).graph
         options = {**tf.compat.v1.profiler.ProfileOptionBuilder.float_operation(), "output": "none"}
         return float(tf.compat.v1.profiler.profile(graph=graph, cmd="op", options=options).total_float_ops)
@@ -182,15 +176,11 @@ def bench_data(model: keras.Model, config: TrainConfig, options: BenchOptions, r
     """Input pipeline passes over validation images (first decodes, later ones read the cache) and over
     training images (augmented from the cache), then a real fit: the first epoch decodes, the median of the
     `repeats` later ones is the steady state (validation included, as in a training run)."""
-    from .callbacks import EpochTimer
-    from .data import load_splits, make_dataset, steps_per_epoch
-
     splits = load_splits(root, config.val_fraction, config.seed)
-    channels = getattr(config, "channels", 3)
     results = {"train_images": len(splits.train), "val_images": len(splits.val)}
     if "pipeline" in options.parts:
-        decode = _passes(make_dataset(splits.val, config, training=False, channels=channels, cache="memory"), options)
-        augment = _passes(make_dataset(splits.train, config, training=True, channels=channels, cache="memory"), options)
+        decode = _passes(make_dataset(splits.val, config, training=False, cache="memory"), options)
+        augment = _passes(make_dataset(splits.train, config, training=True, cache="memory"), options)
         results["pipeline"] = {
             "first_pass_images_per_second": len(splits.val) / decode[0],
             "cached_images_per_second": len(splits.val) / statistics.median(decode[1:]),
@@ -200,8 +190,8 @@ def bench_data(model: keras.Model, config: TrainConfig, options: BenchOptions, r
         timer = EpochTimer(len(splits.train))
         epochs = 1 + options.repeats
         model.fit(
-            make_dataset(splits.train, config, training=True, channels=channels, cache="memory", epochs=(0, epochs)),
-            validation_data=make_dataset(splits.val, config, training=False, channels=channels, cache="memory"),
+            make_dataset(splits.train, config, training=True, cache="memory", epochs=(0, epochs)),
+            validation_data=make_dataset(splits.val, config, training=False, cache="memory"),
             epochs=epochs,
             steps_per_epoch=steps_per_epoch(len(splits.train), config.batch_size),
             callbacks=[timer],
@@ -238,24 +228,14 @@ def machine() -> dict:
         info["jax"] = jax.__version__
         info["device"] = f"{jax.devices()[0].platform}: {jax.devices()[0].device_kind}"
     else:
-        import tensorflow as tf
-
         gpus = [tf.config.experimental.get_device_details(g).get("device_name", g.name) for g in tf.config.list_physical_devices("GPU")]
         info["device"] = "gpu: " + ", ".join(gpus) if gpus else "cpu"
-    import tensorflow as tf
-
     info["tensorflow"] = tf.__version__
     return info
 
 
 def run_bench(options: BenchOptions) -> dict:
     """All measurements of one model on the active backend, as one JSON-ready dict."""
-    from .data import dataset_root
-    from .jax_cpu import prepare_for
-    from .synthetic import cached_photo_folder
-    from .train import compile_model, dtype_policy
-
-    prepare_for("efficientnet" if options.model == "efficientnet" else "cnn")
     unknown = set(options.parts) - set(PARTS)
     if unknown:
         raise ValueError(f"parts must be among {', '.join(PARTS)}, got {', '.join(sorted(unknown))}")
@@ -269,11 +249,8 @@ def run_bench(options: BenchOptions) -> dict:
     report = {"model": options.model, "image_size": options.image_size, "batch_size": options.batch_size,
               "precision": options.precision, "jit_compile": options.jit_compile, "steps": options.steps,
               "repeats": options.repeats, "data_dir": str(root) if root else None, **machine()}  # fmt: skip
-    try:
-        with dtype_policy(config.precision):
-            model, flops = build_model(options, config, num_classes)
-    except Unavailable as err:
-        return {**report, "skipped": str(err)}
+    with dtype_policy(config.precision):
+        model, flops = build_model(options, config, num_classes)
     compile_model(model, config)
     report.update({"params": int(model.count_params()), "forward_gflops_per_image": flops / 1e9})
     report.update(bench_steps(model, options, num_classes, flops))
@@ -290,8 +267,6 @@ def run_bench(options: BenchOptions) -> dict:
 
 def summary(report: dict) -> str:
     """The figures as a few readable lines."""
-    if "skipped" in report:
-        return f"{report['model']} ({report['backend']}): skipped: {report['skipped']}"
     lines = [
         f"{report['model']} {report['image_size']}x{report['image_size']} batch {report['batch_size']}, "
         f"{report['backend']} on {report['device']} ({report['cpu']}, {report['cpu_count']} CPUs), "

@@ -9,7 +9,8 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from .config import ConfigError, ScratchConfig
+from ..config import ScratchConfig
+from ..errors import ConfigError
 from .layers import Activation, BatchNormalization, BlockMaxPooling2D
 
 
@@ -20,15 +21,6 @@ def activation_layer(name: str, layer_name: str) -> keras.layers.Layer:
     if name == "parametric_relu":
         return layers.PReLU(shared_axes=[1, 2] if layer_name.startswith("block") else None, name=layer_name)
     return Activation(name, name=layer_name)
-
-
-def spatial_sizes(image_size: int, kernel_sizes: list[int]) -> list[int]:
-    """Feature-map side after each block ('valid' conv then 2x2 pool)."""
-    sizes, size = [], image_size
-    for k in kernel_sizes:
-        size = (size - k + 1) // 2
-        sizes.append(size)
-    return sizes
 
 
 def min_image_size(kernel_sizes: list[int]) -> int:

@@ -7,14 +7,14 @@ come out at about the size of an iNaturalist-12K photo: 800x600, ~120 KB.
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from .data import CACHE_HOME, TEST_DIR, TRAIN_DIR
+from ..files import publish_dir, staging_dir
+from .cache import CACHE_HOME
+from .splits import TEST_DIR, TRAIN_DIR
 
 WIDTH, HEIGHT, QUALITY = 800, 600, 90
 SCALES = (3, 6, 12, 24, 48, 96, 192)  # noise cells across the width, coarse to fine
@@ -56,11 +56,6 @@ def cached_photo_folder(train_images: int) -> Path:
     root = CACHE_HOME / "synthetic" / f"{VERSION}-{classes}x{per_class}"
     if root.is_dir():
         return root
-    partial = root.with_name(f"{root.name}.partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
+    partial = staging_dir(root)
     write_photo_folder(partial, classes, {TRAIN_DIR: per_class, TEST_DIR: max(1, per_class // 5)})
-    try:
-        os.rename(partial, root)
-    except OSError:  # another process made it first
-        shutil.rmtree(partial, ignore_errors=True)
-    return root
+    return publish_dir(partial, root)

@@ -1,18 +1,21 @@
-"""Evaluate and predict from a saved checkpoint, outside any training run."""
+"""A saved checkpoint, outside any training run: loaded, re-evaluated on a test set, or asked for predictions."""
 
 from __future__ import annotations
 
-import datetime
-import json
 from pathlib import Path
 
 import keras
+import keras_cv  # noqa: F401  (registers the backbone classes that fine-tuned models use)
 
-from .config import TrainConfig
-from .data import DataError, Split, list_images, make_dataset
-from .datasets import resolve_data_dir
-from .evaluate import evaluate_model, image_shape, top_k
-from .train import RUNS_DIR, SPLIT, write_json
+from ..config import TrainConfig
+from ..data.pipeline import make_dataset
+from ..data.sources import resolve_data_dir
+from ..data.splits import Split, list_images
+from ..errors import DataError
+from ..files import write_json
+from ..models import layers  # noqa: F401  (registers the layer classes that the CNN uses)
+from .evaluation import evaluate_model, image_shape, top_k
+from .run_folder import METRICS, SPLIT, new_run_dir, read_split
 
 
 def load_checkpoint(path: str | Path) -> keras.Model:
@@ -21,29 +24,20 @@ def load_checkpoint(path: str | Path) -> keras.Model:
         raise DataError(f"checkpoint not found: {path}")
     if path.suffix != ".keras":
         raise DataError(f"{path} is not a .keras model file (runs write model.keras)")
-    import keras_cv  # noqa: F401  (registers the backbone classes that fine-tuned models use)
-
-    from . import layers  # noqa: F401  (registers the layer classes that the CNN uses)
-
     return keras.models.load_model(path, compile=False)  # inference only; skips the training optimizer
-
-
-def _saved_split(checkpoint: Path) -> dict | None:
-    split_file = checkpoint.parent / SPLIT
-    return json.loads(split_file.read_text()) if split_file.exists() else None
 
 
 def _data_root(checkpoint: Path, data_dir: str | None, demo: bool) -> Path:
     if data_dir or demo:
         return resolve_data_dir(data_dir, demo)
-    saved = _saved_split(checkpoint)
+    saved = read_split(checkpoint.parent)
     if saved is None:
         raise DataError(f"no {SPLIT} beside {checkpoint}: pass --data-dir or --demo")
     return Path(saved["root"])
 
 
 def class_names_for(checkpoint: Path, model: keras.Model, data_dir: str | None, demo: bool) -> list[str]:
-    saved = _saved_split(checkpoint)
+    saved = read_split(checkpoint.parent)
     if data_dir or demo or saved is None:
         names = list_images(_data_root(checkpoint, data_dir, demo) / "train")[0]
     else:
@@ -62,16 +56,16 @@ def evaluate_checkpoint(checkpoint: str, data_dir: str | None, demo: bool, outpu
     if names != class_names:
         raise DataError(f"the test set's classes {names} differ from the model's {class_names}")
     size, channels = image_shape(model)
-    out_dir = Path(output_dir) if output_dir else RUNS_DIR / f"evaluate-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    out_dir = Path(output_dir) if output_dir else new_run_dir("evaluate")
     if out_dir.exists() and any(out_dir.iterdir()):
         raise DataError(f"{out_dir} is not empty; choose a new --output-dir")
     out_dir.mkdir(parents=True, exist_ok=True)
     config = TrainConfig(image_size=size, batch_size=32, augment=False)
     test = Split(paths, labels)
     dataset = make_dataset(test, config, training=False, channels=channels)
-    metrics, _, _ = evaluate_model(model, test, dataset, class_names, out_dir)
+    metrics, _ = evaluate_model(model, test, dataset, class_names, out_dir)
     metrics.update({"checkpoint": str(checkpoint), "params": int(model.count_params()), "backend": keras.backend.backend()})
-    write_json(out_dir / "metrics.json", metrics)
+    write_json(out_dir / METRICS, metrics)
     return out_dir, metrics
 
 

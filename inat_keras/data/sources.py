@@ -12,8 +12,13 @@ import keras
 import numpy as np
 import requests
 from PIL import Image
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
 
-from .data import CACHE_HOME, TEST_DIR, TRAIN_DIR, DataError, dataset_root, list_images
+from ..errors import DataError
+from ..files import publish_dir, staging_dir
+from .cache import CACHE_HOME
+from .splits import TEST_DIR, TRAIN_DIR, dataset_root, list_images
 
 log = logging.getLogger(__name__)
 
@@ -101,9 +106,6 @@ def write_demo_data(cache_dir: Path = CACHE_HOME, test_fraction: float = 0.2, se
 
     Written once; the demo then runs exactly the pipeline that real photos do.
     """
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
     final = cache_dir / DEMO_FOLDER
     if final.is_dir():
         return final
@@ -113,18 +115,13 @@ def write_demo_data(cache_dir: Path = CACHE_HOME, test_fraction: float = 0.2, se
     train_idx, test_idx = train_test_split(
         index, test_size=test_fraction, stratify=digits.target, random_state=seed
     )
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix="demo-", dir=cache_dir))
+    staging = staging_dir(final)
     for split, idx in ((TRAIN_DIR, train_idx), (TEST_DIR, test_idx)):
         for i in idx:
             folder = staging / split / f"digit_{digits.target[i]}"
             folder.mkdir(parents=True, exist_ok=True)
             Image.fromarray(images[i], mode="L").save(folder / f"{i:04d}.png")
-    try:
-        os.replace(staging, final)
-    except OSError:
-        shutil.rmtree(staging, ignore_errors=True)  # another process finished first
-    return final
+    return publish_dir(staging, final)
 
 
 def resolve_data_dir(data_dir: str | None, demo: bool) -> Path:

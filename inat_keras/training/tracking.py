@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
-import math
 import netrc
 import os
 from pathlib import Path
@@ -14,20 +13,11 @@ import keras
 import wandb
 from wandb.integration.keras import WandbMetricsLogger
 
+from .run_folder import METRIC_GOALS, best_value
+
 log = logging.getLogger(__name__)
 
-# Validation metrics logged under their plain Keras names (besides WandbMetricsLogger's "epoch/..."),
-# with the run summary holding the best epoch's value: what a sweep's `metric.name` must be.
-SWEEP_METRICS = {"val_accuracy": "maximize", "val_loss": "minimize"}
 _group = contextvars.ContextVar("wandb_group", default=None)
-
-
-def best_value(name: str, values) -> float | None:
-    """The best finite value of a sweep metric, in that metric's direction."""
-    finite = [float(v) for v in values if v not in (None, "") and math.isfinite(float(v))]
-    if not finite:
-        return None
-    return max(finite) if SWEEP_METRICS[name] == "maximize" else min(finite)
 
 
 def logged_in() -> bool:
@@ -85,18 +75,20 @@ def start_run(config: dict, run_dir: Path, mode: str, project: str, group: str |
 
 
 class MetricsLogger(WandbMetricsLogger):
-    """WandbMetricsLogger that also logs SWEEP_METRICS by their plain names and reads JAX learning rates.
+    """WandbMetricsLogger that also logs the validation metrics (METRIC_GOALS) by their plain names, with
+    the run summary holding the best epoch's value (what a sweep's `metric.name` reads), and reads JAX
+    learning rates.
 
     Its own logging prefixes every name with "epoch/", which no sweep metric would match.
     """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        for name in SWEEP_METRICS:
+        for name in METRIC_GOALS:
             wandb.define_metric(name, step_metric="epoch/epoch")
 
     def on_epoch_end(self, epoch, logs=None):
-        plain = {name: float(logs[name]) for name in SWEEP_METRICS if logs and name in logs}
+        plain = {name: float(logs[name]) for name in METRIC_GOALS if logs and name in logs}
         best = {name: best_value(name, [wandb.run.summary.get(name), value]) for name, value in plain.items()}
         wandb.log(plain, commit=False)
         super().on_epoch_end(epoch, logs)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 import time
@@ -10,6 +9,8 @@ import warnings
 from pathlib import Path
 
 import keras
+
+from .run_folder import read_history, write_history
 
 
 class EpochTimer(keras.callbacks.Callback):
@@ -33,7 +34,7 @@ class EpochTimer(keras.callbacks.Callback):
 
 class PaddedValidationLoss(keras.callbacks.Callback):
     """Keras divides the validation loss by every image of its batches, zero-weight padding included
-    (data.padded); scaling by padded/real images makes it the mean over the real ones. Goes first."""
+    (data.pipeline.padded); scaling by padded/real images makes it the mean over the real ones. Goes first."""
 
     def __init__(self, images: int, batch_size: int):
         super().__init__()
@@ -92,20 +93,3 @@ class ResumableCSVLogger(keras.callbacks.CSVLogger):
                 self.csv_file = open(self.filename, "a")
                 self.append_header = not kept
                 self.writer = None
-
-
-def read_history(path) -> list[dict]:
-    if not os.path.exists(path):
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def write_history(path, rows: list[dict]) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", newline="") as f:
-        if rows:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-    os.replace(tmp, path)

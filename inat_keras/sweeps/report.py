@@ -17,13 +17,18 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
+from scipy.stats import spearmanr  # noqa: E402
+from sklearn.ensemble import RandomForestRegressor  # noqa: E402
 import numpy as np  # noqa: E402
+import wandb  # noqa: E402
 import yaml  # noqa: E402
 
-from . import tracking  # noqa: E402
-from .config import ConfigError  # noqa: E402
-from .kinds import KINDS, Kind, kind_of_options  # noqa: E402
-from .sweep import COMMAND_OPTIONS, TRIALS_FILE, read_trials  # noqa: E402
+from ..config import PLACE_OPTIONS  # noqa: E402
+from ..errors import ConfigError  # noqa: E402
+from ..training import tracking  # noqa: E402
+from ..training.kinds import KINDS, Kind, kind_of_options  # noqa: E402
+from ..training.run_folder import METRIC_GOALS, RUNS_DIR  # noqa: E402
+from .local import TRIALS_FILE, read_trials  # noqa: E402
 
 class _ConfigDumper(yaml.SafeDumper):
     """Block-style YAML with lists on one line, like the files in configs/."""
@@ -50,7 +55,7 @@ class SweepRecord:
 
     @property
     def maximize(self) -> bool:
-        return tracking.SWEEP_METRICS[self.metric] == "maximize"
+        return METRIC_GOALS[self.metric] == "maximize"
 
     @property
     def swept(self) -> list[str]:
@@ -74,14 +79,12 @@ def from_folder(sweep_dir: Path) -> SweepRecord:
 
 def from_wandb(sweep_id: str, project: str) -> SweepRecord:
     """A W&B sweep's runs as trials (needs a login); `sweep_id` may be ID or ENTITY/PROJECT/ID."""
-    import wandb
-
     api = wandb.Api()
     path = sweep_id if "/" in sweep_id else f"{api.default_entity}/{project}/{sweep_id}"
     sweep = api.sweep(path)
     config = sweep.config
     metric = config.get("metric", {}).get("name")
-    if metric not in tracking.SWEEP_METRICS:
+    if metric not in METRIC_GOALS:
         raise ConfigError(f"W&B sweep {path} optimises {metric!r}, which inat-keras training does not log")
     kind = kind_of_options(config["parameters"], f"W&B sweep {path}")
     fields = {f.name for f in dataclasses.fields(kind.config_class)}
@@ -113,8 +116,6 @@ def load_sweep(source: str, project: str = "inat-keras") -> tuple[SweepRecord, P
         raise ConfigError(f"{folder} holds no sweep ({TRIALS_FILE} is missing)")
     if not tracking.logged_in():
         raise ConfigError(f"{source} is neither a sweep folder nor, without a W&B login, a W&B sweep id to fetch")
-    from .train import RUNS_DIR
-
     return from_wandb(source, project), RUNS_DIR / f"sweep-{source.replace('/', '-')}"
 
 
@@ -123,7 +124,7 @@ def best_config(record: SweepRecord) -> dict:
     finished = record.finished()
     if not finished:
         raise ConfigError(f"sweep {record.name} has no finished trial with a {record.metric}")
-    return {k: v for k, v in finished[0]["config"].items() if k not in COMMAND_OPTIONS}
+    return {k: v for k, v in finished[0]["config"].items() if k not in PLACE_OPTIONS}
 
 
 def shown(value) -> str:
@@ -170,9 +171,6 @@ def encode(record: SweepRecord, trials: list[dict]) -> tuple[list[str], np.ndarr
 
 def importance(record: SweepRecord) -> list[dict]:
     """Random-forest importance and Pearson/Spearman correlation of each encoded parameter with the metric."""
-    from scipy.stats import spearmanr
-    from sklearn.ensemble import RandomForestRegressor
-
     trials = record.finished()
     names, x = encode(record, trials)
     y = np.array([t["metric"] for t in trials], dtype=float)

@@ -19,7 +19,7 @@ from typing import Callable, ContextManager
 
 import keras
 
-from .config import ConfigError
+from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,9 @@ Measured with `run.py bench` (BENCHMARKS.md), jax 0.10 on a 2-core AMD EPYC:
   step page-faults on every 4 KiB page of it. glibc's `hugetlb` tunable backs such allocations with
   2 MiB transparent huge pages: 512 times fewer faults.
 Both must be in place before they are read: XLA_FLAGS when JAX starts its CPU client (first use),
-GLIBC_TUNABLES when the process starts. Flags and tunables the user sets win.
+GLIBC_TUNABLES when the process starts. Flags and tunables the user sets win. Nothing here runs on
+import: the CLI entry point applies them (inat_keras.__main__, cli.main); a program that imports the
+package keeps its own settings.
 """
 
 from __future__ import annotations

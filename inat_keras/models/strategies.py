@@ -3,8 +3,8 @@
 The backbone is split into groups, bottom-up: the stem, its 40 sub-blocks (block1a .. block6o, each one
 keras-cv layer), the top 1x1 conv; the classifier head is a group of its own and always trains.
 Unfreezing goes top-down: the top conv with the first block, then blocks towards the input, the stem
-last. Every strategy is a list of train.Stage objects, one per trainable set, because Keras only takes
-a new trainable set at compile time (train.run_training recompiles at every stage).
+last. Every strategy is a list of Stage objects, one per trainable set, because Keras only takes
+a new trainable set at compile time (the training loop recompiles at every stage).
 
 Batch normalisation in frozen groups is frozen like everything there (inference mode, statistics
 unchanged). With pretrained weights it stays frozen inside unfrozen groups too: it keeps running in
@@ -15,15 +15,32 @@ weights (--weights none) there are no statistics to keep, and it trains normally
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
+from typing import Callable
 
 import keras
 import numpy as np
 
-from .config import EFFICIENTNET_BLOCKS, FinetuneConfig
+from ..config import FinetuneConfig
 from .efficientnet import BACKBONE, HEAD
-from .train import Stage
+from .efficientnet_layout import BLOCKS, STEM, TOP
 
-STEM, TOP, HEAD_GROUP = "stem", "top", "head"
+HEAD_GROUP = "head"
+
+
+@dataclass
+class Stage:
+    """Epochs [start, stop) trained with one trainable set; `apply` sets the flags before compiling."""
+
+    start: int
+    stop: int
+    apply: Callable[[keras.Model], None] = lambda model: None
+    label: str = "all"
+
+
+def trainable_params(model: keras.Model) -> int:
+    """From the live model: a reloaded checkpoint forgets trainable flags nested inside layers."""
+    return int(sum(np.prod(w.shape) for w in model.trainable_weights))
 
 
 def sublayers(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
@@ -50,9 +67,9 @@ def layer_groups(model: keras.Model) -> dict[str, list[keras.layers.Layer]]:
     grouped = {id(layer) for members in groups.values() for layer in members}
     stray = [layer.name for layer in model.layers if layer.weights and id(layer) not in grouped | {id(backbone)}]
     blocks = block_names(groups)
-    if stray or len(blocks) != EFFICIENTNET_BLOCKS or not groups[STEM] or TOP not in groups:
+    if stray or blocks != BLOCKS or not groups[STEM] or TOP not in groups:
         raise ValueError(
-            f"not the EfficientNetV2-S layout: {len(blocks)} blocks (expected {EFFICIENTNET_BLOCKS}), "
+            f"not the EfficientNetV2-S layout: {len(blocks)} blocks (expected {len(BLOCKS)}), "
             f"ungrouped layers {stray}"
         )
     return groups
@@ -130,7 +147,7 @@ def plan_stages(model: keras.Model, config: FinetuneConfig) -> list[Stage]:
 def trainable_counts(model: keras.Model) -> dict[str, int]:
     groups = layer_groups(model)
     return {
-        "trainable_params": int(sum(np.prod(w.shape) for w in model.trainable_weights)),
+        "trainable_params": trainable_params(model),
         "trainable_blocks": sum(groups[name][0].trainable for name in block_names(groups)),
     }
 

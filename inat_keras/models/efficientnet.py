@@ -14,24 +14,13 @@ import keras
 import keras_cv
 from keras import layers
 
-from .config import ConfigError, FinetuneConfig
+from ..config import FinetuneConfig
+from ..errors import ConfigError
+from .efficientnet_layout import V2S_ARGUMENTS
 from .layers import DepthwiseConv2D
 
 log = logging.getLogger(__name__)
 
-# keras-cv's EfficientNetV2Backbone arguments for the S variant (the preset's, without contacting Kaggle).
-V2S_ARGUMENTS = {
-    "width_coefficient": 1.0,
-    "depth_coefficient": 1.0,
-    "stackwise_kernel_sizes": [3, 3, 3, 3, 3, 3],
-    "stackwise_num_repeats": [2, 4, 4, 6, 9, 15],
-    "stackwise_input_filters": [24, 24, 48, 64, 128, 160],
-    "stackwise_output_filters": [24, 48, 64, 128, 160, 256],
-    "stackwise_expansion_ratios": [1, 4, 4, 4, 6, 6],
-    "stackwise_squeeze_and_excite_ratios": [0.0, 0.0, 0.0, 0.25, 0.25, 0.25],
-    "stackwise_strides": [1, 2, 2, 2, 1, 2],
-    "stackwise_conv_types": ["fused", "fused", "fused", "unfused", "unfused", "unfused"],
-}
 BACKBONE, PREPROCESS, HEAD = "backbone", "preprocess", "logits"
 
 OFFICIAL_FILE = "efficientnetv2-s_notop.h5"

@@ -1,0 +1,203 @@
+"""A W&B sweep file checked against the runs it would start: every proposable value validated by the run's
+config class, combinations that can never build a model found before any trial trains."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import itertools
+import logging
+import math
+import random
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import PLACE_OPTIONS, build_config, load_config, read_yaml, to_dict
+from ..errors import ConfigError
+from ..training.kinds import KINDS, Kind, kind_of_options
+from ..training.run_folder import METRIC_GOALS
+
+with warnings.catch_warnings():  # sweeps 0.2.0 uses pydantic-1 style settings that pydantic 2 warns about
+    warnings.simplefilter("ignore")
+    import sweeps
+
+log = logging.getLogger(__name__)
+
+METHODS = ("bayes", "random", "grid")
+# Why a sweep file may not choose the options that the sweep command sets for every trial.
+PLACE_REASONS = {
+    "data_dir": "choose the data with --data-dir or --demo",
+    "demo": "choose the data with --data-dir or --demo",
+    "output_dir": "trials go to SWEEP_DIR/trials/",
+    "wandb": "the sweep command picks the W&B mode",
+    "wandb_project": "use the sweep file's top-level `project`",
+}
+# Distributions whose bounds are values (or natural-log exponents of values) that validation can check.
+BOUNDED = ("uniform", "int_uniform", "q_uniform", "log_uniform_values", "q_log_uniform_values")
+LOG_EXPONENT = ("log_uniform", "q_log_uniform")
+
+
+@dataclass
+class SweepPlan:
+    """A checked sweep file plus the trial options it does not sweep."""
+
+    source: str
+    sweep: dict
+    kind: Kind
+    base: dict  # every option of a trial before the proposal: defaults, the kind's YAML, command-line options
+    overrides: dict  # command-line options; they win over the sweep file's constants
+
+    @property
+    def metric(self) -> str:
+        return self.sweep["metric"]["name"]
+
+    @property
+    def project(self) -> str:
+        return self.sweep.get("project") or self.base["wandb_project"]
+
+    def trial_values(self, params: dict) -> dict:
+        return {**self.base, **params, **self.overrides}
+
+    def trial_config(self, values: dict, output_dir: Path, mode: str):
+        extra = {"output_dir": str(output_dir), "wandb": mode, "wandb_project": self.project}
+        return build_config(self.kind.config_class, {**values, **extra}, source=f"trial {output_dir.name}")
+
+
+def parameter_values(name: str, spec, source: str) -> list:
+    """The values of one parameter that validation must accept: all listed values, or the range's bounds."""
+    where = f"{source}: parameters.{name}"
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where}: expected a mapping such as {{values: [...]}}, got {spec!r}")
+    if "parameters" in spec:
+        raise ConfigError(f"{where}: nested parameters are not options of a run")
+    if "value" in spec:
+        return [spec["value"]]
+    if "values" in spec:
+        if not isinstance(spec["values"], list) or not spec["values"]:
+            raise ConfigError(f"{where}: values must be a non-empty list, got {spec['values']!r}")
+        return list(spec["values"])
+    if "min" in spec and "max" in spec:
+        low, high = spec["min"], spec["max"]
+        both_int = all(isinstance(v, int) and not isinstance(v, bool) for v in (low, high))
+        distribution = spec.get("distribution", "int_uniform" if both_int else "uniform")
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)) or low >= high:
+            raise ConfigError(f"{where}: min and max must be numbers with min < max, got {low!r} and {high!r}")
+        if distribution in LOG_EXPONENT:
+            return [math.exp(low), math.exp(high)]
+        if distribution in BOUNDED:
+            return [low, high]
+        raise ConfigError(
+            f"{where}: distribution {distribution!r} cannot be checked before the sweep; "
+            f"use values, or one of {', '.join(BOUNDED + LOG_EXPONENT)}"
+        )
+    raise ConfigError(f"{where}: give value, values, or min and max (with a distribution), got {spec!r}")
+
+
+def check_sweep_file(sweep: dict, source: str) -> Kind:
+    """Refuse what no run could use, naming the key; return the kind of run the parameters train."""
+    method = sweep.get("method")
+    if method not in METHODS:
+        raise ConfigError(f"{source}: method must be one of {', '.join(METHODS)}, got {method!r}")
+    metric = sweep.get("metric")
+    allowed = ", ".join(f"{name} ({goal})" for name, goal in METRIC_GOALS.items())
+    if not isinstance(metric, dict) or "name" not in metric:
+        raise ConfigError(f"{source}: metric is missing; give metric: {{name: ..., goal: ...}} with one of {allowed}")
+    if metric["name"] not in METRIC_GOALS:
+        raise ConfigError(
+            f"{source}: metric.name {metric['name']!r} is not a validation metric that training logs; "
+            f"use one of {allowed}"
+        )
+    goal = METRIC_GOALS[metric["name"]]
+    if metric.get("goal") != goal:
+        raise ConfigError(f"{source}: metric.goal must be {goal} for {metric['name']}, got {metric.get('goal')!r}")
+    parameters = sweep.get("parameters")
+    if not isinstance(parameters, dict) or not parameters:
+        raise ConfigError(f"{source}: parameters must be a non-empty mapping of option: {{values: [...]}}")
+    known = {f.name for k in KINDS.values() for f in dataclasses.fields(k.config_class)}
+    for name in parameters:
+        if name in PLACE_OPTIONS:
+            raise ConfigError(f"{source}: parameters.{name} is not sweepable: {PLACE_REASONS[name]}")
+        if name not in known:
+            options = ", ".join(sorted(known))
+            raise ConfigError(f"{source}: parameters.{name} is not an option of any run; options: {options}")
+    kind = kind_of_options(parameters, f"{source}: parameters")
+    if method == "grid":
+        for name, spec in parameters.items():
+            if not isinstance(spec, dict) or not ({"value", "values"} & set(spec)):
+                raise ConfigError(f"{source}: parameters.{name}: grid search needs value or values")
+    violations = sweeps.schema_violations_from_proposed_config(sweep)
+    if violations:
+        raise ConfigError(f"{source}: not a valid W&B sweep file: {'; '.join(violations)}")
+    return kind
+
+
+def load_plan(path: str | Path, overrides: dict | None = None) -> SweepPlan:
+    """Read and check a sweep file; every value it may propose is validated by the run's config class."""
+    source = str(path)
+    sweep = read_yaml(path)
+    kind = check_sweep_file(sweep, source)
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    base = to_dict(load_config(kind.config_class, kind.default_config_path(), overrides))
+    base = {k: v for k, v in base.items() if v is not None}  # unset paths stay unset
+    if base["demo"] and "image_size" not in overrides and "image_size" not in sweep["parameters"]:
+        fit_demo_image_size(sweep, kind, base, source)
+    for name, spec in sweep["parameters"].items():
+        values = parameter_values(name, spec, source)
+        if name in overrides and len(values) > 1:
+            raise ConfigError(f"{source}: parameters.{name} is swept; drop the command-line option for it")
+        for value in values:
+            try:
+                build_config(kind.config_class, {**base, name: value}, source=f"value {value!r}")
+            except ConfigError as err:
+                raise ConfigError(f"{source}: parameters.{name}: {err}") from None
+    plan = SweepPlan(source, sweep, kind, base, overrides)
+    check_combinations(plan)
+    return plan
+
+
+def fit_demo_image_size(sweep: dict, kind: Kind, base: dict, source: str) -> None:
+    """Demo images are small; raise their size so that every swept architecture fits (--image-size wins)."""
+    choices = {name: parameter_values(name, spec, source) for name, spec in sweep["parameters"].items()}
+    needed = kind.min_image_size(choices, base)
+    if needed > base["image_size"]:
+        log.warning(
+            "demo sweep: image size %d -> %d so that every kernel option fits (pass --image-size to choose)",
+            base["image_size"], needed,
+        )
+        base["image_size"] = needed
+
+
+def check_combinations(plan: SweepPlan, samples: int = 256) -> None:
+    """Values valid one by one can still clash (an image too small for the kernels): try combinations.
+
+    Refuses a space where no tried combination builds a model; warns about values that never do.
+    """
+    choices = {name: parameter_values(name, spec, plan.source) for name, spec in plan.sweep["parameters"].items()}
+    if math.prod(len(values) for values in choices.values()) <= samples:
+        combinations = itertools.product(*choices.values())
+    else:
+        rng = random.Random(0)
+        combinations = (tuple(rng.choice(values) for values in choices.values()) for _ in range(samples))
+    reference = build_config(plan.kind.config_class, plan.trial_values({}), source=plan.source)
+    tried, failed, reasons = collections.Counter(), collections.Counter(), {}
+    for combination in combinations:
+        params = dict(zip(choices, combination))
+        config = dataclasses.replace(reference, **{k: v for k, v in params.items() if k not in plan.overrides})
+        try:  # each value passed build_config's type checks above; validate() resolves presets
+            config.validate()
+            plan.kind.check(config)
+            error = None
+        except ConfigError as err:
+            error = err
+        for name, value in params.items():
+            tried[name, repr(value)] += 1
+            failed[name, repr(value)] += error is not None
+            reasons.setdefault((name, repr(value)), error)
+    if all(failed[key] == tried[key] for key in tried):
+        example = next(iter(reasons.values()))
+        raise ConfigError(f"{plan.source}: no combination of the parameters makes a model, e.g. {example}")
+    for name, values in choices.items():
+        for key in ((name, repr(value)) for value in values):
+            if len(values) > 1 and tried[key] and failed[key] == tried[key]:
+                log.warning("%s: parameters.%s: trials with %s will fail: %s", plan.source, *key, reasons[key])

@@ -1,0 +1,127 @@
+"""A run's folder: the name of every file in it, opening (new, resumed or refused), and its history.
+
+    RUN/config.yaml    resolved configuration        RUN/history.csv   one row per finished epoch
+    RUN/split.json     the exact train/val/test lists RUN/model.keras   the checkpoint that counts
+    RUN/metrics.json   the final test report          RUN/backup/       Keras's backup while a run is unfinished
+    RUN/wandb_id.txt   the W&B run to resume          RUN/wandb/        W&B's own files
+
+Every file is written whole or not at all (inat_keras.files); a folder holds one run, and is reused only to
+resume that same run.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import io
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from ..config import RESUME_NEUTRAL_OPTIONS, TrainConfig, read_yaml, to_dict
+from ..errors import ConfigError
+from ..files import write_text
+
+log = logging.getLogger(__name__)
+
+RUNS_DIR = Path("runs")
+CHECKPOINT, PARTIAL_CHECKPOINT = "model.keras", "model.partial.keras"
+HISTORY, METRICS, SPLIT, CONFIG, BACKUP, WANDB_ID = (
+    "history.csv", "metrics.json", "split.json", "config.yaml", "backup", "wandb_id.txt",
+)  # fmt: skip
+# The validation metrics a run can be selected by, with the direction that is better.
+METRIC_GOALS = {"val_accuracy": "maximize", "val_loss": "minimize"}
+
+
+def new_run_dir(prefix: str) -> Path:
+    """runs/<prefix>-<time>, with a suffix when that exists already."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir, suffix = RUNS_DIR / f"{prefix}-{stamp}", 1
+    while run_dir.exists():
+        suffix += 1
+        run_dir = RUNS_DIR / f"{prefix}-{stamp}-{suffix}"
+    return run_dir
+
+
+def open_run_dir(output_dir: str | None, kind: str, config: TrainConfig) -> tuple[Path, bool]:
+    """A new folder per run; an existing one only if it is an interrupted run with the same config."""
+    run_dir = Path(output_dir) if output_dir else new_run_dir(kind)
+    if not run_dir.exists() or not any(run_dir.iterdir()):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return run_dir, False
+    if (run_dir / METRICS).exists():
+        raise ConfigError(f"{run_dir} holds a finished run ({METRICS}); choose a new --output-dir")
+    if not (run_dir / BACKUP).is_dir() or not (run_dir / CONFIG).exists():
+        raise ConfigError(f"{run_dir} is not empty and holds no interrupted run to resume; choose a new --output-dir")
+    saved = read_yaml(run_dir / CONFIG)
+    current = to_dict(config)
+    changed = sorted(k for k in current if k not in RESUME_NEUTRAL_OPTIONS and saved.get(k) != current[k])
+    if changed:
+        raise ConfigError(
+            f"{run_dir} holds an interrupted run with other settings ({', '.join(changed)}); "
+            "resume it with the same options or choose a new --output-dir"
+        )
+    log.info("resuming the interrupted run in %s", run_dir)
+    return run_dir, True
+
+
+def worker_run_dir(output_dir: str | None) -> tuple[Path, bool]:
+    """A private folder for a process that is not the first: it writes nothing where others look.
+
+    It starts from a copy of the shared run folder when that holds an interrupted run (a shared
+    file system), so that every process resumes at the same epoch.
+    """
+    private = Path(tempfile.mkdtemp(prefix="inat-keras-worker-"))
+    shared = Path(output_dir) if output_dir else None
+    resuming = bool(shared and (shared / BACKUP).is_dir())
+    if resuming:
+        shutil.copytree(shared, private, dirs_exist_ok=True, ignore=shutil.ignore_patterns("wandb"))
+    return private, resuming
+
+
+def resumed_epoch(run_dir: Path) -> int:
+    """The epoch BackupAndRestore will continue from (0 for a fresh run)."""
+    meta = run_dir / BACKUP / "training_metadata.json"
+    return json.loads(meta.read_text())["epoch"] if meta.exists() else 0
+
+
+def read_split(run_dir: Path) -> dict | None:
+    """The split a run saved, or None where the folder holds none."""
+    path = Path(run_dir) / SPLIT
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def write_split(run_dir: Path, record: dict) -> None:
+    write_text(run_dir / SPLIT, json.dumps(record, indent=1))
+
+
+def read_history(path) -> list[dict]:
+    if not os.path.exists(path):
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def write_history(path, rows: list[dict]) -> None:
+    buffer = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    write_text(Path(path), buffer.getvalue())
+
+
+def best_value(name: str, values) -> float | None:
+    """The best finite value of a validation metric, in that metric's direction (None: no such value)."""
+    finite = [float(v) for v in values if v not in (None, "", "NA") and math.isfinite(float(v))]
+    if not finite:
+        return None
+    return max(finite) if METRIC_GOALS[name] == "maximize" else min(finite)
+
+
+def best_in_history(run_dir: Path, name: str = "val_accuracy") -> float | None:
+    return best_value(name, [row.get(name) for row in read_history(Path(run_dir) / HISTORY)])

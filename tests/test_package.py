@@ -1,0 +1,123 @@
+"""The package as a library and as an installed program: no side effects on import, imports that run one
+way, a fast --help, and a wheel that works outside the checkout with its shipped configs."""
+
+import ast
+import os
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+from inat_keras.config import ConfigError, shipped_config
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "inat_keras"
+# Which folders a folder may import from: the pipeline's order, data before models before training.
+ALLOWED = {
+    "data": {"data"},
+    "models": {"models"},
+    "analysis": {"analysis"},
+    "training": {"training", "data", "models", "analysis"},
+    "sweeps": {"sweeps", "training", "data", "models", "analysis"},
+    "perf": {"perf", "training", "data", "models", "analysis"},
+}
+TOP = {"config", "errors", "files"}  # the light modules at the top that every folder may use
+THIRD_PARTY = "import keras, keras_cv, tensorflow, jax, wandb, sweeps, sklearn, matplotlib, scipy, requests, PIL"
+
+
+def run_python(code: str, **env) -> str:
+    environ = {k: v for k, v in os.environ.items() if k not in env and k != "XLA_FLAGS"}
+    environ.update({k: v for k, v in env.items() if v is not None})
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=environ, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout.strip()
+
+
+def test_importing_the_package_changes_no_environment_variable():
+    code = "import os; before = dict(os.environ); import inat_keras; print(before == dict(os.environ))"
+    assert run_python(code) == "True"
+
+
+def test_importing_every_module_changes_nothing_that_its_libraries_do_not():
+    """TensorFlow and keras-cv set variables of their own on import; our modules add none."""
+    code = (
+        f"import os, importlib, pkgutil; {THIRD_PARTY}; before = dict(os.environ); import inat_keras; "
+        "[importlib.import_module(m.name) for m in pkgutil.walk_packages(inat_keras.__path__, 'inat_keras.')]; "
+        "changed = {k for k in set(before) | set(os.environ) if before.get(k) != os.environ.get(k)}; print(sorted(changed))"
+    )
+    assert run_python(code) == "[]"
+
+
+def module_imports(path: Path) -> set[str]:
+    """The inat_keras folders and top-level modules that one module imports (relative imports resolved)."""
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = list(parts[: len(parts) - node.level])
+            target = base + (node.module.split(".") if node.module else [])
+            names = [target + [alias.name] for alias in node.names] if not target else [target]
+            found |= {name[0] for name in names}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("inat_keras."):
+            found.add(node.module.split(".")[1])
+    return found
+
+
+def test_imports_run_one_way():
+    wrong = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        folder = path.relative_to(PACKAGE).parts[0]
+        if folder not in ALLOWED:
+            continue
+        for target in module_imports(path) - TOP - ALLOWED[folder]:
+            wrong.append(f"{path.relative_to(ROOT)} imports inat_keras.{target}")
+    assert not wrong, wrong
+    assert module_imports(PACKAGE / "config.py") <= {"errors", "files", "models"}  # models: efficientnet_layout, plain data
+    assert "import" not in (PACKAGE / "models" / "efficientnet_layout.py").read_text().split('"""')[2]
+
+
+def test_help_and_argument_errors_do_not_load_the_frameworks():
+    code = (
+        "import sys; from inat_keras import cli; parser = cli.build_parser(); parser.format_help(); "
+        "print(sorted(m for m in ('tensorflow', 'jax', 'keras', 'keras_cv') if m in sys.modules))"
+    )
+    assert run_python(code) == "[]"
+
+
+def test_a_missing_shipped_config_is_an_error_naming_it():
+    assert shipped_config("scratch.yaml").is_file()
+    with pytest.raises(ConfigError, match=r"the shipped config nowhere\.yaml is missing from .*configs"):
+        shipped_config("nowhere.yaml")
+
+
+def test_a_wheel_installed_outside_the_checkout_runs_with_its_shipped_configs(tmp_path):
+    """Non-editable install into a fresh virtual environment (its dependencies seen through a .pth file)."""
+    wheels = tmp_path / "wheels"
+    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels), str(ROOT)]
+    subprocess.run(build, check=True, capture_output=True, cwd=tmp_path)
+    [wheel] = wheels.glob("inat_keras-*.whl")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          check=True, capture_output=True, text=True).stdout.strip()  # fmt: skip
+    Path(site, "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    install = [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index", "-q", str(wheel)]
+    subprocess.run(install, check=True, capture_output=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "XLA_FLAGS")}
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+
+    def run(*args):
+        done = subprocess.run([str(venv / "bin" / "inat-keras"), *args], cwd=outside, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout
+
+    where = subprocess.run([python, "-c", "import inat_keras.config as c; print(c.shipped_config('finetune.yaml'))"],
+                           cwd=outside, env=env, check=True, capture_output=True, text=True).stdout.strip()  # fmt: skip
+    assert where.startswith(site) and not where.startswith(str(ROOT))
+    assert "parameters (exact):" in run("info", "--image-size", "94")
+    printed = run("finetune", "--demo", "--print-config")
+    assert "image_size: 384" not in printed and "demo: true" in printed  # the file's demo_overrides applied
