@@ -7,8 +7,10 @@ loading TensorFlow, JAX or keras-cv.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -30,13 +32,34 @@ from .perf import MODELS as BENCH_MODELS
 from .perf import PARTS as BENCH_PARTS
 
 
-def setup_backend() -> None:
-    """Under JAX, TensorFlow only feeds data: keep it off the GPUs."""
-    import keras
-    import tensorflow as tf
+@contextlib.contextmanager
+def native_stderr_silenced(silence: bool):
+    """TensorFlow's C++ start-up lines (oneDNN, CUDA stubs, a failed cuInit on CPU-only machines) come
+    from absl before TF_CPP_MIN_LOG_LEVEL is read: the file descriptor itself is muted meanwhile."""
+    if not silence:
+        yield
+        return
+    sys.stderr.flush()
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
 
-    if keras.backend.backend() != "tensorflow":
-        tf.config.set_visible_devices([], "GPU")
+
+def setup_backend() -> None:
+    """Load TensorFlow quietly (unless TF_CPP_MIN_LOG_LEVEL is below 2); under JAX, TensorFlow only feeds
+    data: keep it off the GPUs."""
+    with native_stderr_silenced(os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") >= "2"):
+        import keras
+        import tensorflow as tf
+
+        gpus = tf.config.list_physical_devices("GPU")
+        if keras.backend.backend() != "tensorflow" and gpus:
+            tf.config.set_visible_devices([], "GPU")
 
 
 def cmd_train(args) -> None:
@@ -48,6 +71,11 @@ def cmd_train(args) -> None:
                          overrides_from_args(args, kind.config_class))  # fmt: skip
     if args.print_config:
         print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")
+        return
+    if getattr(args, "print_schedule", False):
+        from .models.strategies import schedule_table
+
+        print(schedule_table(config))
         return
     print_summary(*kind.train(config))
 
@@ -69,10 +97,15 @@ def cmd_evaluate(args) -> None:
 def cmd_predict(args) -> None:
     from .training.checkpoints import predict_images
 
-    for path, ranked in predict_images(args.checkpoint, args.images, args.data_dir, args.demo, args.top):
+    predicted, unreadable = predict_images(args.checkpoint, args.images, args.data_dir, args.demo, args.top)
+    for path, ranked in predicted:
         print(path)
         for name, probability in ranked:
             print(f"  {name:<20} {probability:7.2%}")
+    if unreadable:
+        for path, reason in unreadable:
+            print(f"error: cannot read {path}: {reason}", file=sys.stderr)
+        raise DataError(f"{len(unreadable)} of {len(args.images)} file(s) could not be read (listed above)")
 
 
 def cmd_sweep(args) -> None:
@@ -134,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     finetune = commands.add_parser("finetune", help="fine-tune EfficientNetV2-S (Part B)")
     finetune.add_argument("--config", help="YAML config (default configs/finetune.yaml)")
     add_config_arguments(finetune, FinetuneConfig)
+    finetune.add_argument("--print-schedule", action="store_true",
+                          help="print each stage's epochs, units and trainable parameters, and stop (no training, no download)")
     for train in (scratch, finetune):
         train.add_argument("--print-config", action="store_true", help="print the resolved config and stop")
         train.set_defaults(func=cmd_train)
@@ -223,5 +258,9 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except (ConfigError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a read-only folder, a full disk: what was written before stays whole
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"error: {where}{err.strerror or err}", file=sys.stderr)
         return 2
     return 0

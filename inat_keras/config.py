@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import math
+import re
 import importlib.resources as resources
 import typing
 from dataclasses import dataclass, field
@@ -18,7 +20,7 @@ import yaml
 
 from .errors import ConfigError
 from .files import write_text
-from .models.efficientnet_layout import MIN_IMAGE_SIZE, max_k
+from .models.efficientnet_layout import MIN_IMAGE_SIZE, UNIT_TYPES, max_k
 
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 ACTIVATIONS = ("relu", "leaky_relu", "parametric_relu", "gelu", "silu", "mish")
@@ -38,6 +40,12 @@ KERNEL_PRESETS = {
     "increasing": [1, 3, 3, 5, 5],
 }
 STRATEGIES = ("full", "head", "last_k", "gradual")
+AUGMENTATIONS = ("inat-keras", "study")
+OPTIMIZER_STATES = ("carry", "fresh")
+BATCH_NORM_MODES = ("frozen", "study")
+CONV_DROPOUTS = ("channel", "element")
+INPUT_NORMS = ("imagenet", "none")
+CACHE_MODES = ("auto", "memory", "disk")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 DISTRIBUTE_MODES = ("auto", "none", "data-parallel")
 JIT_MODES = ("auto", "on", "off")
@@ -46,7 +54,7 @@ DEMO_SECTION = "demo_overrides"
 # (sweeps may not search them; a sweep's best configuration leaves them out).
 PLACE_OPTIONS = ("data_dir", "demo", "output_dir", "wandb", "wandb_project")
 # Options that change how a run is carried out, not what it computes: an interrupted run resumes under other values.
-RESUME_NEUTRAL_OPTIONS = ("output_dir", "wandb", "epochs", "early_stopping", "steps_per_execution", "jit_compile")
+RESUME_NEUTRAL_OPTIONS = ("output_dir", "wandb", "epochs", "early_stopping", "steps_per_execution", "jit_compile", "cache")
 
 
 def _doc(text: str, **kwargs):
@@ -61,15 +69,21 @@ class TrainConfig:
     demo: bool = _doc("use the embedded demo data (scikit-learn's handwritten digits)", default=False)
     image_size: int = _doc("square input size in pixels (96 means 96x96)", default=224)
     augment: bool = _doc("augment the training split (never validation or test)", default=True)
-    flip: bool = _doc("random horizontal flips when augmenting", default=True)
-    rotation: float = _doc("max random rotation as a fraction of a full turn (0 disables)", default=0.05)
-    zoom: float = _doc("max random zoom as a fraction of the size (0 disables)", default=0.1)
-    color_jitter: float = _doc("max brightness/contrast/saturation change (0 disables)", default=0.1)
+    augmentation: str = _doc("preset: inat-keras (the four options below) or study (the study's transforms, fixed)", default="inat-keras")
+    flip: bool = _doc("inat-keras preset: random horizontal flips", default=True)
+    rotation: float = _doc("inat-keras preset: max rotation either way, as a fraction of a full turn (0 disables)", default=0.05)
+    zoom: float = _doc("inat-keras preset: max zoom in or out, as a fraction of the size (0 disables)", default=0.1)
+    color_jitter: float = _doc("inat-keras preset: brightness/contrast/saturation change up to this much either way (0 disables)", default=0.1)
     val_fraction: float = _doc("fraction of train/ held out for validation, stratified (0: train on all, keep the last epoch)", default=0.2)
     batch_size: int = _doc("images per training step on each device (the global batch is this times the devices)", default=32)
     epochs: int = _doc("training epochs", default=10)
     learning_rate: float = _doc("Adam learning rate", default=1e-4)
+    optimizer_state: str = _doc("carry: one Adam for the whole run, its state carried across stages as torch.optim.Adam "
+                                "(the study); fresh: a new Keras Adam at every stage", default="fresh")
     seed: int = _doc("seed for the split, initialisation and augmentation", default=42)
+    cache: str = _doc("decoded images: auto (memory when a split fits in a quarter of free memory), memory, disk", default="auto")
+    shuffle_buffer: int = _doc("disk cache: training images held for shuffling (the split is also read in a new "
+                               "random order of shards every epoch); the memory cache shuffles the whole split", default=1024)
     early_stopping: int = _doc("stop after this many epochs without val_accuracy gain (0 disables)", default=0)
     output_dir: str | None = _doc("the run's folder (new, or an interrupted run to resume)", default=None)
     wandb: str = _doc("W&B mode: auto (online if logged in, else offline), online, offline, disabled", default="auto")
@@ -80,7 +94,7 @@ class TrainConfig:
     jit_compile: str = _doc("XLA-compile the TensorFlow step: auto (Keras decides; on for GPUs), on, off", default="auto")
 
     def validate(self) -> None:
-        positive = ("image_size", "batch_size", "epochs", "steps_per_execution")
+        positive = ("image_size", "batch_size", "epochs", "steps_per_execution", "shuffle_buffer")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -90,19 +104,29 @@ class TrainConfig:
             )
         if self.val_fraction == 0 and self.early_stopping:
             raise ConfigError("early_stopping watches val_accuracy: it needs val_fraction > 0")
-        if self.learning_rate <= 0:
-            raise ConfigError(f"learning_rate must be positive, got {self.learning_rate}")
+        if not self.learning_rate > 0 or not math.isfinite(self.learning_rate):
+            raise ConfigError(f"learning_rate must be a positive finite number, got {self.learning_rate}")
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError(f"seed must be an integer in [0, 2**32), got {self.seed}")
         for name in ("rotation", "zoom", "color_jitter"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if self.early_stopping < 0:
             raise ConfigError(f"early_stopping is a patience in epochs (0 disables), got {self.early_stopping}")
-        choices = {"wandb": WANDB_MODES, "precision": PRECISIONS, "distribute": DISTRIBUTE_MODES, "jit_compile": JIT_MODES}
+        choices = {"wandb": WANDB_MODES, "precision": PRECISIONS, "distribute": DISTRIBUTE_MODES, "jit_compile": JIT_MODES,
+                   "augmentation": AUGMENTATIONS, "optimizer_state": OPTIMIZER_STATES, "cache": CACHE_MODES}  # fmt: skip
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if self.demo and self.data_dir:
             raise ConfigError("give either --demo or --data-dir, not both")
+        if self.augmentation == "study":
+            tuned = [name for name in ("flip", "rotation", "zoom", "color_jitter") if getattr(self, name) != _default(TrainConfig, name)]
+            if tuned:
+                raise ConfigError(
+                    f"{', '.join(tuned)} tune the inat-keras augmentation preset; the study preset has fixed settings "
+                    "(drop them, or use --augmentation inat-keras)"
+                )
 
     def image_channels(self) -> int:
         """Channels of the model's input images (RGB unless the model says otherwise)."""
@@ -120,6 +144,8 @@ class ScratchConfig(TrainConfig):
     dense_units: int = _doc("units of the hidden dense layer", default=2048)
     batch_norm: bool = _doc("batch normalisation after each conv and the dense layer", default=False)
     dropout: float = _doc("dropout rate after each block and the dense layer (0 disables)", default=0.0)
+    conv_dropout: str = _doc("dropout in the conv blocks: channel (whole feature maps, the study's Dropout2d) or element", default="channel")
+    input_norm: str = _doc("imagenet: the model normalises pixels with ImageNet mean/std (the study); none: raw 0..255", default="imagenet")
 
     def validate(self) -> None:
         super().validate()
@@ -133,6 +159,9 @@ class ScratchConfig(TrainConfig):
             raise ConfigError(f"dense_units must be at least 1, got {self.dense_units}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        for name, allowed in (("conv_dropout", CONV_DROPOUTS), ("input_norm", INPUT_NORMS)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
 
     def image_channels(self) -> int:
         return self.channels
@@ -145,9 +174,14 @@ class FinetuneConfig(TrainConfig):
     image_size: int = _doc("square input size in pixels", default=384)
     batch_size: int = _doc("images per training step", default=16)
     strategy: str = _doc(f"one of {', '.join(STRATEGIES)}", default="gradual")
-    k: int = _doc("blocks to train for last_k", default=5)
+    unfreeze_unit: str = _doc("what freezes together: stage (the study's 8 units: stem, stages 1-6, top conv) or block "
+                              "(keras-cv's 40 sub-blocks; the top conv trains with the first)", default="block")
+    k: int = _doc("last_k: units to train", default=5)
     unfreeze_every: int = _doc("gradual: epochs between unfreezing steps", default=2)
-    unfreeze_step: int = _doc("gradual: blocks unfrozen at each step", default=1)
+    unfreeze_step: int = _doc("gradual: units unfrozen at each step", default=1)
+    unfreeze_start: int = _doc("gradual: units already unfrozen at the first epoch (0: the head alone)", default=0)
+    batch_norm_mode: str = _doc("frozen: pretrained batch norm in inference mode everywhere (the Keras guide); study: "
+                                "batch statistics everywhere, scale/offset fixed in frozen units", default="frozen")
     weights: str = _doc("imagenet, keras-cv, none, or a local weights file / preset folder", default="imagenet")
     head_dropout: float = _doc("dropout before the classifier", default=0.2)
 
@@ -155,14 +189,20 @@ class FinetuneConfig(TrainConfig):
         super().validate()
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        for name, allowed in (("unfreeze_unit", UNIT_TYPES), ("batch_norm_mode", BATCH_NORM_MODES)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         for name in ("k", "unfreeze_every", "unfreeze_step"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.unfreeze_start <= max_k(self.unfreeze_unit):
+            raise ConfigError(f"unfreeze_start must be in [0, {max_k(self.unfreeze_unit)}], got {self.unfreeze_start}")
         if not 0.0 <= self.head_dropout < 1.0:
             raise ConfigError(f"head_dropout must be in [0, 1), got {self.head_dropout}")
-        unit = "block"
+        unit = self.unfreeze_unit
         if self.k > max_k(unit):
-            raise ConfigError(f"k must be at most {max_k(unit)} (EfficientNetV2-S has {max_k(unit)} {unit}s), got {self.k}")
+            units = "blocks" if unit == "block" else "stage units: the stem, stages 1-6, the top conv"
+            raise ConfigError(f"k must be at most {max_k(unit)} (EfficientNetV2-S has {max_k(unit)} {units}), got {self.k}")
         if self.image_size < MIN_IMAGE_SIZE:
             raise ConfigError(
                 f"image_size {self.image_size} is too small for EfficientNetV2-S: the smallest image size that "
@@ -178,6 +218,10 @@ def shipped_config(name: str) -> Path:
     if not path.is_file():
         raise ConfigError(f"the shipped config {name} is missing from {folder}; reinstall inat-keras")
     return path
+
+
+def _default(cls, name: str):
+    return next(f.default for f in dataclasses.fields(cls) if f.name == name)
 
 
 def resolve_blocks(value, presets: dict[str, list[int]], name: str) -> list[int]:
@@ -215,6 +259,8 @@ def _coerce(cls, name: str, value, source: str):
     elif kind is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         value = float(value) if ok else value
+        if ok and not math.isfinite(value):
+            raise ConfigError(f"{source}: {name} must be a finite number, got {value}")
     elif kind in (str, str | None):
         ok = isinstance(value, (str, int, float)) and not isinstance(value, bool)
         value = str(value) if ok else value
@@ -225,12 +271,29 @@ def _coerce(cls, name: str, value, source: str):
     return value
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads 1e-3 (no dot) as a string; here it is the number everybody means."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
+    try:
+        with open(path) as f:
+            data = yaml.load(f, Loader=_Loader) or {}
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark
+        raise ConfigError(f"{path}:{mark.line + 1}:{mark.column + 1}: not valid YAML: {err.problem}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(err).split())}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of option: value, got {type(data).__name__}")
     return data

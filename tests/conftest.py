@@ -7,6 +7,7 @@ _CACHE = tempfile.mkdtemp(prefix="inat-keras-test-cache-")
 os.environ["INAT_KERAS_CACHE"] = _CACHE  # before inat_keras.data.cache reads it
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
+os.environ["WANDB_BASE_URL"] = "http://127.0.0.1:9"  # a closed local port: no test ever reaches W&B's servers
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from inat_keras.perf.cpu_tuning import prepare_for  # noqa: E402

@@ -74,10 +74,10 @@ def test_gradual_unfreezing_recompiles_inside_the_distribution(tmp_path):
     metrics = result["metrics"]
     assert metrics["devices"] == 2 and metrics["global_batch_size"] == 4
     schedule = metrics["unfreezing_schedule"]
-    assert [stage["epochs"] for stage in schedule] == [[0], [1]]
+    assert [stage["epochs"] for stage in schedule] == [[1], [2]]
     assert schedule[0]["trainable_groups"] == ["head"] and "block6o" in schedule[1]["trainable_groups"]
     rows = read_history(tmp_path / "run" / "history.csv")
-    assert [int(r["epoch"]) for r in rows] == [0, 1] and all(np.isfinite(float(r["loss"])) for r in rows)
+    assert [int(r["epoch"]) for r in rows] == [1, 2] and all(np.isfinite(float(r["loss"])) for r in rows)
     assert [int(float(r["trainable_params"])) for r in rows] == [s["trainable_params"] for s in schedule]
 
 
@@ -154,7 +154,7 @@ def test_two_processes_train_one_model_and_only_the_first_writes(tmp_path):
     assert second == {}, "the second process reports nothing"
     written = sorted(p.name for p in out.iterdir())
     assert "metrics.json" in written and "model.keras" in written
-    assert [int(r["epoch"]) for r in read_history(out / "history.csv")] == [0, 1], "one writer: one row per epoch"
+    assert [int(r["epoch"]) for r in read_history(out / "history.csv")] == [1, 2], "one writer: one row per epoch"
 
 
 def test_options_are_checked_by_name():

@@ -23,7 +23,7 @@ ALLOWED = {
     "sweeps": {"sweeps", "training", "data", "models", "analysis"},
     "perf": {"perf", "training", "data", "models", "analysis"},
 }
-TOP = {"config", "errors", "files"}  # the light modules at the top that every folder may use
+TOP = {"config", "errors", "files", "locks"}  # the light modules at the top that every folder may use
 THIRD_PARTY = "import keras, keras_cv, tensorflow, jax, wandb, sweeps, sklearn, matplotlib, scipy, requests, PIL"
 
 
@@ -104,20 +104,33 @@ def test_a_wheel_installed_outside_the_checkout_runs_with_its_shipped_configs(tm
     site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                           check=True, capture_output=True, text=True).stdout.strip()  # fmt: skip
     Path(site, "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    install = [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index", "-q", str(wheel)]
+    install = [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index", "--ignore-installed",
+               "-q", str(wheel)]  # ignore: the checkout's own editable install is visible through the .pth
     subprocess.run(install, check=True, capture_output=True)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "XLA_FLAGS")}
     outside = tmp_path / "elsewhere"
     outside.mkdir()
 
-    def run(*args):
-        done = subprocess.run([str(venv / "bin" / "inat-keras"), *args], cwd=outside, env=env, capture_output=True, text=True)
+    def run(*command):
+        done = subprocess.run(command, cwd=outside, env=env, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr[-3000:]
         return done.stdout
 
-    where = subprocess.run([python, "-c", "import inat_keras.config as c; print(c.shipped_config('finetune.yaml'))"],
-                           cwd=outside, env=env, check=True, capture_output=True, text=True).stdout.strip()  # fmt: skip
+    where = run(python, "-c", "import inat_keras.config as c; print(c.shipped_config('finetune.yaml'))").strip()
     assert where.startswith(site) and not where.startswith(str(ROOT))
-    assert "parameters (exact):" in run("info", "--image-size", "94")
-    printed = run("finetune", "--demo", "--print-config")
+    cli = str(venv / "bin" / "inat-keras")
+    assert "parameters (exact):" in run(cli, "info", "--image-size", "94")
+    printed = run(cli, "finetune", "--demo", "--print-config")
     assert "image_size: 384" not in printed and "demo: true" in printed  # the file's demo_overrides applied
+
+
+def test_the_command_line_prints_no_tensorflow_chatter():
+    """TensorFlow's C++ start-up lines are muted unless TF_CPP_MIN_LOG_LEVEL asks for them."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "XLA_FLAGS")}
+    done = subprocess.run([sys.executable, "-m", "inat_keras", "info", "--image-size", "20"], cwd=ROOT, env=env,
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "error: image size 20 is too small for kernel sizes [3, 3, 3, 3, 3]: the feature map is 3x3 before block 3 "
+        "(kernel 3x3 then 2x2 pool); the smallest image size that works is 94"
+    ]

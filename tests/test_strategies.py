@@ -203,12 +203,12 @@ def test_gradual_unfreezing_grows_on_schedule_and_continues_across_stages(
         assert changed(recorder.weights[epoch - 1], recorder.weights[epoch]) == should_train(initial, groups), epoch
 
     history = read_history(run_dir / "history.csv")
-    assert [int(r["epoch"]) for r in history] == [0, 1, 2]
+    assert [int(r["epoch"]) for r in history] == [1, 2, 3]
     assert [int(r["trainable_blocks"]) for r in history] == [0, 1, 2]
     params = [sum(initial[p].size for p in should_train(initial, groups)) for groups in schedule]
     assert [int(r["trainable_params"]) for r in history] == params
     assert [s["label"] for s in metrics["unfreezing_schedule"]] == ["head", "last_1", "last_2"]
-    assert [s["epochs"] for s in metrics["unfreezing_schedule"]] == [[0], [1], [2]]
+    assert [s["epochs"] for s in metrics["unfreezing_schedule"]] == [[1], [2], [3]]
     assert [s["trainable_params"] for s in metrics["unfreezing_schedule"]] == params
     assert json.loads((run_dir / "metrics.json").read_text())["unfreezing_schedule"] == metrics["unfreezing_schedule"]
     assert metrics["trainable_params"] == params[-1]
@@ -222,13 +222,14 @@ def test_gradual_unfreezing_grows_on_schedule_and_continues_across_stages(
 
     assert len(runs) == 1  # one W&B run for all stages, epochs in order, with the trainable counts
     epochs = [entry for entry in logged if "epoch/epoch" in entry]
-    assert [e["epoch/epoch"] for e in epochs] == [0, 1, 2]
+    assert [e["epoch/epoch"] for e in epochs] == [1, 2, 3]
     assert [e["epoch/trainable_blocks"] for e in epochs] == [0, 1, 2]
 
     out, again = evaluate_checkpoint(str(run_dir / "model.keras"), None, False, str(tmp_path / "eval"))
     assert again["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
     owl = str(image_folder / "val" / "owl" / "owl_000.jpg")
-    [(_, ranked)] = predict_images(str(run_dir / "model.keras"), [owl], None, False)
+    [(_, ranked)], unreadable = predict_images(str(run_dir / "model.keras"), [owl], None, False)
+    assert unreadable == []
     assert sorted(name for name, _ in ranked) == ["cat", "dog", "owl"]
 
 
@@ -237,14 +238,14 @@ def test_an_interrupted_gradual_run_resumes_with_the_right_stage_and_adam_state(
     steps = 3  # 24 training images in batches of 8
     with pytest.raises(KeyboardInterrupt):
         train(settings, Interrupt(1))
-    assert [int(r["epoch"]) for r in read_history(tmp_path / "run" / "history.csv")] == [0]
+    assert [int(r["epoch"]) for r in read_history(tmp_path / "run" / "history.csv")] == [1]
 
     resumed = Recorder(tmp_path / "run" / "model.keras")
     run_dir, metrics = train(settings, resumed)
     # inside the head stage the saved Adam state comes back; the next stage starts with a fresh Adam
     assert resumed.iterations == [(1, steps), (2, 0)]
     history = read_history(run_dir / "history.csv")
-    assert [int(r["epoch"]) for r in history] == [0, 1, 2]
+    assert [int(r["epoch"]) for r in history] == [1, 2, 3]
     assert [int(r["trainable_blocks"]) for r in history] == [0, 0, 1]
     assert metrics["epochs_run"] == 3 and not (run_dir / "backup").exists()
 
@@ -257,7 +258,11 @@ def test_bad_strategy_options_are_refused_clearly(capsys):
     assert config(strategy="last_k", k=40).k == 40
     for flags, message in [
         (["--strategy", "partial"], "strategy must be one of"),
-        (["--strategy", "last_k", "--k", "41"], "k must be at most 40 (EfficientNetV2-S has 40 blocks)"),
+        (["--strategy", "last_k", "--k", "41", "--unfreeze-unit", "block"], "k must be at most 40 (EfficientNetV2-S has 40 blocks)"),
+        (["--strategy", "last_k", "--k", "9"], "k must be at most 8 (EfficientNetV2-S has 8 stage units"),
+        (["--unfreeze-unit", "stages"], "unfreeze_unit must be one of stage, block"),
+        (["--batch-norm-mode", "train"], "batch_norm_mode must be one of frozen, study"),
+        (["--optimizer-state", "keep"], "optimizer_state must be one of carry, fresh"),
         (["--unfreeze-every", "0"], "unfreeze_every must be at least 1"),
     ]:
         assert main(["finetune", "--demo", "--weights", "none", "--wandb", "disabled", *flags]) == 2

@@ -49,7 +49,8 @@ def with_training(kind: Kind, train) -> Kind:
     """The kind with its training replaced by a test double."""
 
     class Replaced(type(kind)):
-        def train(self, config):
+        def train(self, config, final=True):
+            assert not final, "a sweep trial is never a final run"
             return train(config)
 
     return Replaced(**{f.name: getattr(kind, f.name) for f in dataclasses.fields(kind)})
@@ -69,7 +70,7 @@ class TrainingSpy:
         self.calls.append(name)
         if self.before:
             self.before(name, config)
-        result = self.real.train(config)
+        result = self.real.train(config, final=False)
         if self.after:
             self.after(name, config)
         return result
@@ -83,9 +84,11 @@ def capture_runs(monkeypatch) -> list:
 
 
 def test_shipped_sweep_files_are_valid_and_cover_the_study_space(caplog):
-    load_plan(shipped_config("sweep_scratch.yaml"), {"demo": True, "image_size": 96})
+    small = load_plan(shipped_config("sweep_scratch.yaml"), {"demo": True, "image_size": 96})
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert [m.split("'")[1] for m in warned] == ["constant5", "constant7", "increasing"]
+    assert all("dropped from the search" in m for m in warned)
+    assert small.sweep["parameters"]["kernel_sizes"]["values"] == ["constant3", "decreasing"]  # no trial spent on them
     assert all("parameters.kernel_sizes" in m and "smallest image size" in m for m in warned)
     caplog.clear()
     plan = load_plan(shipped_config("sweep_scratch.yaml"), {"demo": True})
@@ -130,7 +133,9 @@ def test_offline_sweep_of_three_trials_writes_trials_best_config_and_plots(tmp_p
     assert metrics[0] == pytest.approx(best["metric"], abs=1e-4)
 
     best_yaml = yaml.safe_load((out / "best_config.yaml").read_text())
-    assert best_yaml == {k: v for k, v in best["config"].items() if k not in PLACE_OPTIONS}
+    settings = json.loads((out / "trials.json").read_text())["settings"]
+    assert best_yaml == {**settings, **best["params"]} and not set(best_yaml) & set(PLACE_OPTIONS)
+    assert best_yaml["epochs"] == 10 and "demo" not in best_yaml  # the YAML's settings, not the demo's or --epochs 1
     retrain = load_config(ScratchConfig, out / "best_config.yaml", {"demo": True})
     for name, value in best["params"].items():
         assert getattr(retrain, name) == value
@@ -192,23 +197,27 @@ def test_a_killed_sweep_resumes_without_losing_or_repeating_trials(image_folder,
     assert len(seen) == 1 and seen[0] == [trials[0]]
 
 
-def test_failing_trials_are_recorded_and_the_sweep_goes_on(image_folder, tmp_path, monkeypatch):
-    space = {"dense_units": {"values": [8, 16]}, "kernel_sizes": {"values": [[1] * 5, "constant3"]}}
+def test_failing_trials_are_recorded_and_the_sweep_goes_on(image_folder, tmp_path, monkeypatch, caplog):
+    space = {"dense_units": {"values": [8, 16, 24]}, "kernel_sizes": {"values": [[1] * 5, "constant3"]}}
     path = sweep_file(tmp_path, space, method="grid")
 
     def diverge(name, config):
         if name == "trial-001":
             raise TrainingDiverged("the loss became NaN")
+        if name == "trial-002":
+            raise ConfigError("a combination the model refuses")
 
     TrainingSpy(monkeypatch).before = diverge
     _, out = launch.run_sweep(path, 5, {"data_dir": str(image_folder)}, tmp_path / "sweep")
     trials = json.loads((out / "trials.json").read_text())["trials"]
+    # constant3 never fits 32 pixels: dropped from the search with a warning, no trial spent on it
+    assert "'constant3' dropped from the search" in caplog.text
     assert [(t["params"]["dense_units"], t["params"]["kernel_sizes"]) for t in trials] == [
-        (8, [1] * 5), (8, "constant3"), (16, [1] * 5), (16, "constant3")
+        (8, [1] * 5), (16, [1] * 5), (24, [1] * 5)
     ]
-    assert [t["state"] for t in trials] == ["failed", "failed", "finished", "failed"]
+    assert [t["state"] for t in trials] == ["failed", "failed", "finished"]
     assert trials[0]["reason"] == "TrainingDiverged: the loss became NaN"
-    assert trials[1]["reason"].startswith("ConfigError") and "too small" in trials[1]["reason"]
+    assert trials[1]["reason"] == "ConfigError: a combination the model refuses"
     assert from_folder(out).finished() == [trials[2]]
 
 
@@ -354,6 +363,9 @@ def test_online_only_when_logged_in_and_not_offline(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="--sweep-id"):
         launch.run_sweep(path, 1, {"demo": True}, tmp_path / "b", sweep_id="abc")
     monkeypatch.setattr(tracking, "logged_in", lambda: True)
+    with pytest.raises(ConfigError, match="run it locally with --offline"):  # conftest: the server is unreachable
+        launch.run_sweep(path, 1, {"demo": True}, tmp_path / "unreachable")
+    monkeypatch.setattr(tracking, "unreachable", lambda: None)
     launch.run_sweep(path, 1, {"demo": True}, tmp_path / "c")
     launch.run_sweep(path, 1, {"demo": True}, tmp_path / "d", offline=True)
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -387,6 +399,7 @@ def test_the_agent_trains_the_config_that_wandb_proposes(tmp_path, monkeypatch, 
     monkeypatch.setitem(KINDS, "scratch", with_training(KINDS["scratch"], trained.append))
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setattr(tracking, "logged_in", lambda: True)
+    monkeypatch.setattr(tracking, "unreachable", lambda: None)
 
     mode, out = launch.run_sweep(path, 2, {"demo": True}, tmp_path / "sweep")
     assert mode == "online" and created[0]["parameters"]["activation"] == {"values": ["relu", "gelu"]}

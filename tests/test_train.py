@@ -41,7 +41,7 @@ def test_a_run_writes_every_output(image_folder, tmp_path):
     assert set(saved["per_class_test_accuracy"]) == {"cat", "dog", "owl"}
     assert saved["params"] == keras.models.load_model(run_dir / "model.keras").count_params()
     history = read_history(run_dir / "history.csv")
-    assert [int(r["epoch"]) for r in history] == [0, 1]
+    assert [int(r["epoch"]) for r in history] == [1, 2]
     assert saved["best_val_accuracy"] == pytest.approx(max(float(r["val_accuracy"]) for r in history))
     split = json.loads((run_dir / "split.json").read_text())
     assert len(split["train"]) + len(split["val"]) == 30 and len(split["test"]) == 12
@@ -75,7 +75,7 @@ def test_an_interrupted_run_resumes_where_it_stopped(image_folder, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         train(config, extra_callbacks=lambda model: [Interrupt(2)])
     assert not (tmp_path / "run" / "metrics.json").exists()
-    assert [int(r["epoch"]) for r in read_history(tmp_path / "run" / "history.csv")] == [0, 1]
+    assert [int(r["epoch"]) for r in read_history(tmp_path / "run" / "history.csv")] == [1, 2]
     backup_weights = keras.models.load_model(tmp_path / "run" / "model.keras").get_weights()
 
     changed = config_for(image_folder, tmp_path / "run", epochs=3, learning_rate=0.5)
@@ -85,7 +85,7 @@ def test_an_interrupted_run_resumes_where_it_stopped(image_folder, tmp_path):
     seen = Seen()
     run_dir, metrics = train(config, extra_callbacks=lambda model: [seen])
     assert seen.epochs == [2]
-    assert [int(r["epoch"]) for r in read_history(run_dir / "history.csv")] == [0, 1, 2]
+    assert [int(r["epoch"]) for r in read_history(run_dir / "history.csv")] == [1, 2, 3]
     assert metrics["epochs_run"] == 3
     assert len(backup_weights) == len(keras.models.load_model(run_dir / "model.keras").get_weights())
 
@@ -97,7 +97,8 @@ def test_evaluate_and_predict_a_checkpoint(image_folder, tmp_path, capsys):
     assert again["test_loss"] == pytest.approx(metrics["test_loss"], rel=1e-4)
     assert (out / "confusion_matrix.png").is_file() and (out / "predictions_grid.png").is_file()
     image = str(image_folder / "val" / "owl" / "owl_000.jpg")
-    [(path, ranked)] = predict_images(str(run_dir / "model.keras"), [image], None, False)
+    [(path, ranked)], unreadable = predict_images(str(run_dir / "model.keras"), [image], None, False)
+    assert unreadable == []
     assert path == image and len(ranked) == 3
     assert {name for name, _ in ranked} == {"cat", "dog", "owl"}
     assert sum(p for _, p in ranked) == pytest.approx(1.0, abs=1e-5)

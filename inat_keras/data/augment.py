@@ -1,29 +1,152 @@
-"""Training-time augmentation: Keras preprocessing layers, run inside tf.data on the host."""
+"""Training-time augmentation: one Keras data layer that runs in tf.data on the host, and the same code
+on the accelerator (`DataLayer` switches to TensorFlow ops inside tf.data and runs the active backend's
+ops elsewhere).
+
+Every random draw takes a stateless seed made of the run's seed and the batch's position in training
+(epoch, step), so that a resumed run continues with new draws instead of replaying its first epoch's,
+and every device count sees the same draws. Colour factors mean "up to j either way" around no change,
+as torchvision's ColorJitter: brightness, contrast and saturation multiply by a factor drawn from
+[1 - j, 1 + j], hue turns by up to h of the circle. Pixels stay in 0..255 (augmentation runs before
+normalisation, which is the model's first layer).
+"""
 
 from __future__ import annotations
 
-import keras
+import math
+from dataclasses import dataclass
+
+from keras.src.layers.preprocessing.data_layer import DataLayer  # Keras's own base for tf.data-safe layers
 
 from ..config import TrainConfig
 
+BLUR_SIGMA = (0.1, 2.0)  # torchvision GaussianBlur's default sigma range
 
-def augmenter(config: TrainConfig) -> keras.layers.Pipeline | None:
-    """Keras preprocessing layers, run inside tf.data (never inside the model, which keeps JAX jit on)."""
+
+@dataclass(frozen=True)
+class AugmentSpec:
+    """Probabilities per image, and ranges; zero turns a transform off."""
+
+    horizontal_flip: float = 0.0
+    vertical_flip: float = 0.0
+    rotation: float = 0.0  # up to this fraction of a full turn, either way
+    zoom: float = 0.0  # scale by up to this fraction, in or out
+    jitter: float = 0.0  # brightness, contrast and saturation, up to this much either way
+    hue: float = 0.0  # up to this fraction of the hue circle, either way
+    jitter_probability: float = 1.0
+    blur_probability: float = 0.0  # a 3x3 Gaussian blur, sigma drawn from BLUR_SIGMA
+
+
+# The study's transforms (partA/data_utils.py), without its two bugs: applied before normalisation, and
+# to the training split only.
+STUDY = AugmentSpec(horizontal_flip=0.05, vertical_flip=0.05, rotation=20 / 360, jitter=0.2, hue=0.2,
+                    jitter_probability=0.05, blur_probability=0.05)  # fmt: skip
+
+
+def augment_spec(config: TrainConfig) -> AugmentSpec | None:
+    """The config's preset; None when augmentation is off or has nothing to do."""
     if not config.augment:
         return None
-    seed = config.seed
-    steps = []
-    if config.flip:
-        steps.append(keras.layers.RandomFlip("horizontal", seed=seed))
-    if config.rotation:
-        steps.append(keras.layers.RandomRotation(config.rotation, fill_mode="reflect", seed=seed + 1))
-    if config.zoom:
-        steps.append(keras.layers.RandomZoom(config.zoom, fill_mode="reflect", seed=seed + 2))
-    if config.color_jitter and config.image_channels() == 3:
-        j = config.color_jitter
-        steps.append(
-            keras.layers.RandomColorJitter(
-                value_range=(0, 255), brightness_factor=j, contrast_factor=j, saturation_factor=j, seed=seed + 3
-            )
+    if config.augmentation == "study":
+        spec = STUDY
+    else:
+        spec = AugmentSpec(horizontal_flip=0.5 if config.flip else 0.0, rotation=config.rotation, zoom=config.zoom,
+                           jitter=config.color_jitter)  # fmt: skip
+    if config.image_channels() == 1:
+        spec = AugmentSpec(spec.horizontal_flip, spec.vertical_flip, spec.rotation, spec.zoom, blur_probability=spec.blur_probability)
+    return spec if spec != AugmentSpec() else None
+
+
+class Augment(DataLayer):
+    """Batched augmentation of (batch, height, width, channels) pixels in 0..255, one seed per call."""
+
+    def __init__(self, spec: AugmentSpec, **kwargs):
+        super().__init__(**{"dtype": "float32", **kwargs})  # pixels in float32 whatever the model's policy
+        self.spec = spec
+
+    def call(self, images, seed):
+        b, np, spec = self.backend, self.backend.numpy, self.spec
+        batch = b.shape(images)[0]
+        seeds = iter(range(16))
+
+        def uniform(low=0.0, high=1.0):
+            return self.stateless_uniform((batch,), low, high, np.add(seed, [0, 7919 * next(seeds)]))
+
+        def chosen(probability):
+            return np.reshape(np.less(uniform(), probability), (-1, 1, 1, 1))
+
+        if spec.horizontal_flip:
+            images = np.where(chosen(spec.horizontal_flip), np.flip(images, axis=2), images)
+        if spec.vertical_flip:
+            images = np.where(chosen(spec.vertical_flip), np.flip(images, axis=1), images)
+        if spec.rotation or spec.zoom:
+            angle = uniform(-2 * math.pi * spec.rotation, 2 * math.pi * spec.rotation)
+            scale = uniform(1 - spec.zoom, 1 + spec.zoom)
+            images = self.rotate_and_zoom(images, angle, scale)
+        if spec.jitter or spec.hue:
+            images = np.where(chosen(spec.jitter_probability), self.jitter_colours(images, uniform), images)
+        if spec.blur_probability:
+            images = np.where(chosen(spec.blur_probability), self.blur(images, uniform(*BLUR_SIGMA)), images)
+        return images
+
+    def stateless_uniform(self, shape, low, high, seed):
+        """Uniform draws from a seed tensor (Keras's own random ops take integers or SeedGenerators only)."""
+        if self.backend._backend == "tensorflow":
+            import tensorflow as tf
+
+            seed = tf.cast(tf.math.floormod(tf.cast(seed, tf.int64), 2**31 - 1), tf.int32)
+            return tf.random.stateless_uniform(shape, seed=seed, minval=low, maxval=high)
+        if self.backend._backend == "jax":
+            import jax
+            import jax.numpy as jnp
+
+            key = jnp.asarray(jnp.mod(jnp.asarray(seed, jnp.int64), 2**31 - 1), jnp.uint32)
+            return jax.random.uniform(key, shape, minval=low, maxval=high)
+        raise ValueError(f"augmentation runs in tf.data or under the jax backend, not {self.backend._backend}")
+
+    def rotate_and_zoom(self, images, angle, scale):
+        """One affine map per image about its centre, reflecting at the borders (output -> input)."""
+        b, np = self.backend, self.backend.numpy
+        height = b.cast(b.shape(images)[1], "float32")
+        width = b.cast(b.shape(images)[2], "float32")
+        cos, sin = np.cos(angle) / scale, np.sin(angle) / scale
+        cx, cy = (width - 1) / 2, (height - 1) / 2
+        zeros = np.zeros_like(cos)
+        transform = np.stack(
+            [cos, -sin, cx - cos * cx + sin * cy, sin, cos, cy - sin * cx - cos * cy, zeros, zeros], axis=1
         )
-    return keras.layers.Pipeline(steps) if steps else None
+        return b.image.affine_transform(images, transform, interpolation="bilinear", fill_mode="reflect")
+
+    def jitter_colours(self, images, uniform):
+        b, np, spec = self.backend, self.backend.numpy, self.spec
+
+        def factor(j):
+            return np.reshape(uniform(1 - j, 1 + j), (-1, 1, 1, 1))
+
+        def gray(x):
+            return np.sum(x * np.array([0.299, 0.587, 0.114], dtype=x.dtype), axis=-1, keepdims=True)
+
+        if spec.jitter:
+            images = np.clip(images * factor(spec.jitter), 0, 255)
+            mean = np.mean(gray(images), axis=(1, 2, 3), keepdims=True)
+            images = np.clip((images - mean) * factor(spec.jitter) + mean, 0, 255)
+            grey = gray(images)
+            images = np.clip((images - grey) * factor(spec.jitter) + grey, 0, 255)
+        if spec.hue:
+            hsv = b.image.rgb_to_hsv(images / 255.0)
+            turn = np.reshape(uniform(-spec.hue, spec.hue), (-1, 1, 1))
+            hue = np.mod(hsv[..., 0] + turn, 1.0)
+            images = b.image.hsv_to_rgb(np.stack([hue, hsv[..., 1], hsv[..., 2]], axis=-1)) * 255.0
+        return images
+
+    def blur(self, images, sigma):
+        """3x3 Gaussian, separable, reflecting at the borders (torchvision's GaussianBlur)."""
+        np = self.backend.numpy
+        side = np.exp(-1.0 / (2.0 * np.reshape(sigma, (-1, 1, 1, 1)) ** 2))
+        total = 1.0 + 2.0 * side
+        centre, side = 1.0 / total, side / total
+        padded = np.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+        rows = side * padded[:, :-2] + centre * padded[:, 1:-1] + side * padded[:, 2:]
+        return side * rows[:, :, :-2] + centre * rows[:, :, 1:-1] + side * rows[:, :, 2:]
+
+    def compute_output_shape(self, input_shape):
+        return input_shape

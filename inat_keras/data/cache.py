@@ -14,14 +14,14 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from ..config import CACHE_MODES
 from ..files import publish_dir, remove_abandoned, staging_dir
 
 log = logging.getLogger(__name__)
 
 CACHE_HOME = Path(os.environ.get("INAT_KERAS_CACHE", Path.home() / ".cache" / "inat_keras"))
-CACHE_MODES = ("auto", "memory", "disk")
 MEMORY_FRACTION = 0.25  # of the available memory, per split (a run caches train, validation and test)
-DECODER = "jpeg-ratio-1"  # in every disk-cache key: decoding differently must not reuse old images
+DECODER = "decode-2"  # in every disk-cache key: decoding differently must not reuse old images (2: EXIF, alpha)
 
 
 def file_key(path: str) -> str:
@@ -43,8 +43,8 @@ def available_memory() -> int:
 def cache_key(split, image_size: int, channels: int) -> str:
     """Names one split's decoded images: decoder, size, channels, and every file's path, label, size and mtime."""
     digest = hashlib.sha1(f"{DECODER}|{image_size}|{channels}".encode())
-    for path, label in zip(split.paths, split.labels):
-        digest.update(f"\n{label}|{file_key(path)}".encode())
+    for path, label, orientation in zip(split.paths, split.labels, split.upright_codes()):
+        digest.update(f"\n{label}|{orientation}|{file_key(path)}".encode())
     return f"{image_size}x{image_size}x{channels}-{digest.hexdigest()[:20]}"
 
 
@@ -65,13 +65,18 @@ def fill_disk_cache(decoded: tf.data.Dataset, folder: Path) -> str:
     return prefix
 
 
-def cache_decoded(decoded: tf.data.Dataset, split, image_size: int, channels: int, mode: str) -> tf.data.Dataset:
-    """Keep the resized images after their first decode: in memory if they fit, else on disk."""
+def cache_mode(split, image_size: int, channels: int, mode: str) -> str:
+    """memory or disk: `auto` keeps a split in memory if it fits in MEMORY_FRACTION of what is free."""
     if mode not in CACHE_MODES:
         raise ValueError(f"cache must be one of {', '.join(CACHE_MODES)}, got {mode!r}")
     if mode == "auto":
         needed = len(split) * image_size * image_size * channels
         mode = "memory" if needed <= MEMORY_FRACTION * available_memory() else "disk"
-    if mode == "memory":
+    return mode
+
+
+def cache_decoded(decoded: tf.data.Dataset, split, image_size: int, channels: int, mode: str) -> tf.data.Dataset:
+    """Keep the resized images after their first decode: in memory if they fit, else on disk."""
+    if cache_mode(split, image_size, channels, mode) == "memory":
         return decoded.cache()
     return decoded.cache(fill_disk_cache(decoded, CACHE_HOME / "decoded" / cache_key(split, image_size, channels)))

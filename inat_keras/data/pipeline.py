@@ -1,4 +1,4 @@
-"""Decoded images to batches: decode (JPEGs at a reduced ratio), cache, shuffle per epoch, augment, batch.
+"""Decoded images to batches: decode (data.decode), cache, shuffle per epoch, augment, batch.
 
 The same pipeline feeds both backends. Images leave it as float32 pixels in 0..255; normalisation is
 the model's first layer, so augmentation always runs before it and saved models accept raw pixels.
@@ -12,60 +12,25 @@ import numpy as np
 import tensorflow as tf
 
 from ..config import TrainConfig
-from .augment import augmenter
-from .cache import cache_decoded
+from .augment import Augment, augment_spec
+from .cache import cache_decoded, cache_mode
+from .decode import decode_resize
 from .splits import Split
-
-JPEG_RATIOS = (1, 2, 4, 8)  # the scalings libjpeg decodes to directly
-
-
-def jpeg_ratio_index(contents: tf.Tensor, image_size: int) -> tf.Tensor:
-    """Index into JPEG_RATIOS of the largest ratio that still decodes both sides to >= image_size.
-
-    Decoding at 1/r costs about 1/r^2 of a full decode; the antialiased resize that follows sees
-    nearly the same picture (libjpeg's scaled IDCT averages the pixels it drops).
-    """
-    height, width = tf.unstack(tf.image.extract_jpeg_shape(contents)[:2])
-    short = tf.minimum(height, width)
-    return tf.add_n([tf.cast(short // r >= image_size, tf.int32) for r in JPEG_RATIOS[1:]])
-
-
-def decode_rgb(contents: tf.Tensor, image_size: int) -> tf.Tensor:
-    """JPEGs at the reduced ratio their size allows, any other format (PNG, GIF, BMP) in full."""
-
-    def jpeg():
-        branches = [lambda r=r: tf.io.decode_jpeg(contents, channels=3, ratio=r) for r in JPEG_RATIOS]
-        return tf.switch_case(jpeg_ratio_index(contents, image_size), branches)
-
-    def other():
-        return tf.io.decode_image(contents, channels=3, expand_animations=False)
-
-    image = tf.cond(tf.io.is_jpeg(contents), jpeg, other)
-    image.set_shape([None, None, 3])
-    return image
-
-
-def decode_resize(path: tf.Tensor, image_size: int, channels: int) -> tf.Tensor:
-    """Any JPEG/PNG (grayscale, CMYK, alpha) -> RGB or gray, squashed to image_size, uint8."""
-    image = decode_rgb(tf.io.read_file(path), image_size)
-    if channels == 1:
-        image = tf.image.rgb_to_grayscale(image)
-    image = tf.image.resize(image, (image_size, image_size), antialias=True)
-    return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
-
 
 def make_dataset(
     split: Split,
     config: TrainConfig,
     training: bool,
     channels: int | None = None,
-    cache: str = "auto",
+    cache: str | None = None,
     batch_size: int | None = None,
     even_batches: bool = False,
     epochs: tuple[int, int] = (0, 1),
 ) -> tf.data.Dataset:
-    """Decode in parallel and cache the resized images (`cache`: auto, memory or disk), so that later
-    epochs decode nothing; then shuffle and augment (training only, fresh every epoch), batch, prefetch.
+    """Decode in parallel and cache the resized images (`cache`, default the config's: auto, memory or
+    disk), so that later epochs decode nothing; then shuffle and augment (training only, fresh every
+    epoch), batch, prefetch. A disk-cached training split larger than the shuffle buffer is cached in
+    shards, so that an epoch holds only `shuffle_buffer` images in memory.
 
     Training yields the epochs [first, last) as one stream (fit needs `steps_per_epoch`); each epoch is
     shuffled with a seed of its own, so the order is the same on any device count and after a resume.
@@ -75,21 +40,73 @@ def make_dataset(
     """
     batch_size = batch_size or config.batch_size
     channels = channels or config.image_channels()
-    ds = tf.data.Dataset.from_tensor_slices((split.paths, np.asarray(split.labels, dtype="int32")))
-    size = config.image_size
-    ds = ds.map(lambda p, y: (decode_resize(p, size, channels), y), num_parallel_calls=tf.data.AUTOTUNE)
-    ds = cache_decoded(ds, split, size, channels, cache)
+    size, mode = config.image_size, cache_mode(split, config.image_size, channels, cache or config.cache)
     if training:
-        ds = shuffled_epochs(ds, len(split), config.seed, epochs, batch_size, drop_remainder=even_batches)
-    elif even_batches:
-        ds = padded(ds, len(split), batch_size, (size, size, channels)).batch(batch_size, drop_remainder=True)
+        if mode == "disk" and len(split) > config.shuffle_buffer:
+            shards = [decoded(part, size, channels, mode) for part in shards_of(split, config.shuffle_buffer, config.seed)]
+            ds = shard_epochs(shards, config.seed, epochs, batch_size, even_batches, config.shuffle_buffer)
+        else:
+            ds = decoded(split, size, channels, mode)
+            ds = shuffled_epochs(ds, len(split), config.seed, epochs, batch_size, even_batches)
+        spec = augment_spec(config)
+        augment = Augment(spec) if spec else None
+
+        def to_float(x, y, seed):
+            x = tf.cast(x, tf.float32)
+            return (augment(x, seed=seed) if augment else x), y
+
+        ds = ds.map(to_float, num_parallel_calls=tf.data.AUTOTUNE)
     else:
-        ds = ds.batch(batch_size)
-    ds = ds.map(lambda x, *rest: (tf.cast(x, tf.float32), *rest), num_parallel_calls=tf.data.AUTOTUNE)
-    augment = augmenter(config) if training else None
-    if augment is not None:
-        ds = ds.map(lambda x, y: (augment(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
+        ds = decoded(split, size, channels, mode)
+        if even_batches:
+            ds = padded(ds, len(split), batch_size, (size, size, channels)).batch(batch_size, drop_remainder=True)
+        else:
+            ds = ds.batch(batch_size)
+        ds = ds.map(lambda x, *rest: (tf.cast(x, tf.float32), *rest), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def decoded(split: Split, size: int, channels: int, mode: str) -> tf.data.Dataset:
+    """(image, label) of a split, decoded in parallel once and then read from the cache (`mode`)."""
+    ds = tf.data.Dataset.from_tensor_slices(
+        (split.paths, np.asarray(split.labels, dtype="int32"), np.asarray(split.upright_codes(), dtype="int32"))
+    )
+    ds = ds.map(lambda p, y, o: (decode_resize(p, size, channels, o), y), num_parallel_calls=tf.data.AUTOTUNE)
+    return cache_decoded(ds, split, size, channels, mode)
+
+
+def shards_of(split: Split, buffer: int, seed: int) -> list[Split]:
+    """The split in about len/buffer disk-cached shards of random members (fixed by the seed)."""
+    count = min(64, math.ceil(len(split) / buffer))
+    order = np.random.default_rng(seed).permutation(len(split))
+    parts = [sorted(order[i::count]) for i in range(count)]
+    return [
+        Split([split.paths[j] for j in part], [split.labels[j] for j in part],
+              {split.paths[j]: split.orientations[split.paths[j]] for j in part if split.paths[j] in split.orientations})
+        for part in parts
+    ]  # fmt: skip
+
+
+def shard_epochs(shards, seed: int, epochs: tuple[int, int], batch_size: int, drop_remainder: bool, buffer: int):
+    """Like shuffled_epochs, in bounded memory: each epoch draws from every shard at random (a new order of
+    the whole split at shard granularity), through a shuffle buffer of `buffer` images."""
+    sizes = [float(shard.cardinality()) for shard in shards]
+    weights = [size / sum(sizes) for size in sizes]
+
+    def epoch(index):
+        mixed = tf.data.Dataset.sample_from_datasets(shards, weights, seed=index + seed * 100_003,
+                                                     stop_on_empty_dataset=False)  # fmt: skip
+        order = mixed.shuffle(buffer, seed=index + seed * 100_003 + 1, reshuffle_each_iteration=False)
+        return with_augment_seeds(order.batch(batch_size, drop_remainder=drop_remainder), seed, index)
+
+    return tf.data.Dataset.range(*epochs).flat_map(epoch)
+
+
+def with_augment_seeds(batches: tf.data.Dataset, seed: int, epoch) -> tf.data.Dataset:
+    """(images, labels, seed): each batch's augmentation seed is (run seed, epoch and step)."""
+    return batches.enumerate().map(
+        lambda step, batch: (*batch, tf.stack([tf.constant(seed, tf.int64), epoch * 1_000_003 + step]))
+    )
 
 
 def padded(ds: tf.data.Dataset, size: int, batch_size: int, shape: tuple) -> tf.data.Dataset:
@@ -101,12 +118,14 @@ def padded(ds: tf.data.Dataset, size: int, batch_size: int, shape: tuple) -> tf.
 def shuffled_epochs(
     cached: tf.data.Dataset, size: int, seed: int, epochs: tuple[int, int], batch_size: int, drop_remainder: bool
 ) -> tf.data.Dataset:
-    """No reshuffle state: tf.distribute copies the pipeline and loses such state (the order then
-    differs from one device's); a seed per epoch is part of the pipeline itself."""
+    """(images, labels, augmentation seed) batches. No reshuffle state: tf.distribute copies the pipeline
+    and loses such state (the order then differs from one device's); a seed per epoch is part of the
+    pipeline itself, and each batch's augmentation seed is (run seed, epoch and step), so that a resumed
+    run draws what it would have drawn uninterrupted."""
 
     def epoch(index):
         order = cached.shuffle(size, seed=index + seed * 100_003, reshuffle_each_iteration=False)
-        return order.batch(batch_size, drop_remainder=drop_remainder)
+        return with_augment_seeds(order.batch(batch_size, drop_remainder=drop_remainder), seed, index)
 
     return tf.data.Dataset.range(*epochs).flat_map(epoch)
 

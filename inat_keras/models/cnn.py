@@ -1,7 +1,9 @@
 """The study's parameterised 5-block CNN, built with the functional API.
 
-Each block: 'valid' conv -> [batch norm] -> activation -> [dropout] -> 2x2 max-pool.
-Then flatten -> dense -> [batch norm] -> activation -> [dropout] -> logits.
+Pixels 0..255 -> [ImageNet mean/std normalisation] -> 5 blocks of 'valid' conv -> [batch norm] ->
+activation -> [channel-wise or element-wise dropout] -> 2x2 max-pool; then flatten -> dense ->
+[batch norm] -> activation -> [dropout] -> logits. Normalising inside the model keeps saved models
+taking raw pixels, and augmentation before it.
 """
 
 from __future__ import annotations
@@ -42,18 +44,31 @@ def check_geometry(image_size: int, kernel_sizes: list[int]) -> None:
         size = (size - k + 1) // 2
 
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's, as the study normalised (RGB, pixels in 0..1)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def imagenet_normalisation(channels: int) -> layers.Rescaling:
+    """(x / 255 - mean) / std per channel, as one Rescaling; a grayscale input takes the channel average."""
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
+    if channels == 1:
+        mean, std = (sum(mean) / 3,), (sum(std) / 3,)
+    return layers.Rescaling([1 / (255 * s) for s in std], [-m / s for m, s in zip(mean, std)], name="normalise")
+
+
 def build_cnn(config: ScratchConfig, num_classes: int) -> keras.Model:
     config.validate()
     check_geometry(config.image_size, config.kernel_sizes)
     inputs = keras.Input((config.image_size, config.image_size, config.channels), name="image")
-    x = inputs
+    x = imagenet_normalisation(config.channels)(inputs) if config.input_norm == "imagenet" else inputs
+    conv_dropout = layers.SpatialDropout2D if config.conv_dropout == "channel" else layers.Dropout
     for i, (filters, kernel) in enumerate(zip(config.filters, config.kernel_sizes), start=1):
         x = layers.Conv2D(filters, kernel, padding="valid", name=f"block{i}_conv")(x)
         if config.batch_norm:
             x = BatchNormalization(name=f"block{i}_bn")(x)
         x = activation_layer(config.activation, f"block{i}_act")(x)
         if config.dropout:
-            x = layers.Dropout(config.dropout, name=f"block{i}_dropout")(x)
+            x = conv_dropout(config.dropout, name=f"block{i}_dropout")(x)
         x = BlockMaxPooling2D(2, name=f"block{i}_pool")(x)
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dense(config.dense_units, name="dense")(x)

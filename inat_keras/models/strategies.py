@@ -1,20 +1,27 @@
-"""Fine-tuning strategies: which parts of EfficientNetV2-S train, and from which epoch on.
+"""Fine-tuning strategies: which units of EfficientNetV2-S train, and from which epoch on.
 
-The backbone is split into groups, bottom-up: the stem, its 40 sub-blocks (block1a .. block6o, each one
-keras-cv layer), the top 1x1 conv; the classifier head is a group of its own and always trains.
-Unfreezing goes top-down: the top conv with the first block, then blocks towards the input, the stem
-last. Every strategy is a list of Stage objects, one per trainable set, because Keras only takes
-a new trainable set at compile time (the training loop recompiles at every stage).
+Units (`unfreeze_unit`): `stage` is what the study froze, torchvision's `features` children: the stem,
+stages 1-6, the top 1x1 conv. `block` is keras-cv's 40 sub-blocks (block1a .. block6o, each one layer),
+with the stem and the top conv. The classifier head always trains. Unfreezing goes top-down (stages: the
+top conv, stage 6, ...; blocks: the top conv with the first block, then blocks towards the input, the
+stem last). Every strategy is a list of Stage objects, one per trainable set, because Keras only takes a
+new trainable set at compile time (the training loop recompiles at every stage).
 
-Batch normalisation in frozen groups is frozen like everything there (inference mode, statistics
-unchanged). With pretrained weights it stays frozen inside unfrozen groups too: it keeps running in
-inference mode with the pretrained statistics, scale and offset (the README says why). With random
-weights (--weights none) there are no statistics to keep, and it trains normally in unfrozen groups.
+Batch normalisation (`batch_norm_mode`):
+- `frozen` (the Keras transfer-learning guide): with pretrained weights every batch-norm layer runs in
+  inference mode with its pretrained statistics, scale and offset, in unfrozen units too. With random
+  weights (--weights none) there are no statistics to keep, and it trains normally in unfrozen units.
+- `study` (torchvision in `model.train()`, as the study ran it): every batch-norm layer normalises with
+  batch statistics and updates its running statistics; in frozen units its scale and offset stay fixed
+  (the layer stays trainable, its two variables do not).
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
+import logging
 from dataclasses import dataclass
 from typing import Callable
 
@@ -22,8 +29,8 @@ import keras
 import numpy as np
 
 from ..config import FinetuneConfig
-from .efficientnet import BACKBONE, HEAD
-from .efficientnet_layout import BLOCKS, STEM, TOP
+from .efficientnet import BACKBONE, HEAD, build_finetune_model
+from .efficientnet_layout import BLOCKS, MIN_IMAGE_SIZE, STEM, TOP, UNITS_BOTTOM_UP
 
 HEAD_GROUP = "head"
 
@@ -36,6 +43,7 @@ class Stage:
     stop: int
     apply: Callable[[keras.Model], None] = lambda model: None
     label: str = "all"
+    units: tuple[str, ...] = ()  # what trains, bottom-up (the head last)
 
 
 def trainable_params(model: keras.Model) -> int:
@@ -49,7 +57,7 @@ def sublayers(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
 
 
 def layer_groups(model: keras.Model) -> dict[str, list[keras.layers.Layer]]:
-    """Every layer that holds weights, by group, bottom-up; refuses a model that does not split this way."""
+    """Every layer that holds weights, by block-sized group, bottom-up; refuses a model that does not split this way."""
     backbone = model.get_layer(BACKBONE)
     groups: dict[str, list[keras.layers.Layer]] = {STEM: []}
     for layer in backbone.layers:
@@ -75,73 +83,97 @@ def layer_groups(model: keras.Model) -> dict[str, list[keras.layers.Layer]]:
     return groups
 
 
+def unit_groups(model: keras.Model, unit: str) -> dict[str, list[keras.layers.Layer]]:
+    """The groups that freeze together: blocks as they are, or stages (block<stage><letter> by their digit)."""
+    groups = layer_groups(model)
+    if unit == "block":
+        return groups
+    units = {name: [] for name in UNITS_BOTTOM_UP["stage"]}
+    for name, members in groups.items():
+        key = f"stage{name[5]}" if name.startswith("block") else name
+        units.setdefault(key, []).extend(members)
+    return units
+
+
 def block_names(groups: dict) -> list[str]:
     return [name for name in groups if name.startswith("block")]
 
 
-def unfreeze_order(groups: dict) -> list[str]:
-    """Top-down: the last block first, the stem after block1a."""
-    return block_names(groups)[::-1] + [STEM]
+def unfreeze_order(unit: str) -> list[str]:
+    """Top-down. Stages: the top conv, stage 6, ..., the stem. Blocks: block6o .. block1a, then the stem
+    (the top conv trains with the first block)."""
+    bottom_up = UNITS_BOTTOM_UP[unit]
+    return bottom_up[::-1] if unit == "stage" else bottom_up[-2::-1]
 
 
-def unfrozen(groups: dict, count: int) -> frozenset[str]:
-    """The head, and for count >= 1 the top conv plus the first `count` groups of unfreeze_order."""
+def unfrozen(unit: str, count: int) -> frozenset[str]:
+    """The head, and the first `count` units of unfreeze_order (block units: with the top conv)."""
     if count == 0:
         return frozenset({HEAD_GROUP})
-    return frozenset({HEAD_GROUP, TOP, *unfreeze_order(groups)[:count]})
+    extra = {TOP} if unit == "block" else set()
+    return frozenset({HEAD_GROUP, *extra, *unfreeze_order(unit)[:count]})
 
 
-def set_trainable(model: keras.Model, names: frozenset[str], keep_statistics: bool) -> None:
-    """Groups in `names` train, all others are frozen; keep_statistics freezes all batch norm (all in the backbone).
+def set_trainable(model: keras.Model, names: frozenset[str], unit: str, batch_norm: str, pretrained: bool) -> None:
+    """Units in `names` train, all others are frozen; batch norm as `batch_norm` says (see the module docstring).
 
     Every layer is assigned its own flag, parents first: under TensorFlow, `layer.trainable = x` is
     skipped when the flag already is x, so a parent's assignment cannot be relied on to reach its sublayers.
     """
     frozen = {
         id(layer)
-        for name, members in layer_groups(model).items()
+        for name, members in unit_groups(model, unit).items()
         if name not in names
         for member in members
         for layer in sublayers(member)
     }
+    keep_statistics = batch_norm == "frozen" and pretrained
     for layer in sublayers(model):
-        batch_norm = isinstance(layer, keras.layers.BatchNormalization)
-        layer.trainable = id(layer) not in frozen and not (keep_statistics and batch_norm)
+        is_batch_norm = isinstance(layer, keras.layers.BatchNormalization)
+        if is_batch_norm and batch_norm == "study":
+            layer.trainable = True  # training mode: batch statistics, running statistics updated
+            for variable in (layer.gamma, layer.beta):
+                if variable is not None:
+                    variable.trainable = id(layer) not in frozen
+        else:
+            layer.trainable = id(layer) not in frozen and not (keep_statistics and is_batch_norm)
 
 
-def describe(groups: dict, count: int) -> str:
+def describe(unit: str, count: int) -> str:
     if count == 0:
         return "head"
-    if count >= len(unfreeze_order(groups)):
+    if count >= len(unfreeze_order(unit)):
         return "full"
     return f"last_{count}"
+
+
+def unit_counts(config: FinetuneConfig) -> list[int]:
+    """How many units each stage trains (besides the head), in order."""
+    everything = len(unfreeze_order(config.unfreeze_unit))
+    if config.strategy != "gradual":
+        return [{"full": everything, "head": 0, "last_k": config.k}[config.strategy]]
+    counts, epoch = [], 0
+    while epoch < config.epochs:
+        counts.append(min(config.unfreeze_start + len(counts) * config.unfreeze_step, everything))
+        epoch = config.epochs if counts[-1] == everything else epoch + config.unfreeze_every
+    return counts
 
 
 def plan_stages(model: keras.Model, config: FinetuneConfig) -> list[Stage]:
     """The strategy as stages: one for full, head and last_k; one per unfreezing step for gradual."""
     config.validate()
-    groups = layer_groups(model)
-    pretrained = config.weights != "none"
-    everything = len(unfreeze_order(groups))
-    if config.strategy != "gradual":
-        count = {"full": everything, "head": 0, "last_k": config.k}[config.strategy]
-        steps = [(0, config.epochs, count)]
-    else:
-        steps, start, step = [], 0, 0
-        while start < config.epochs:
-            count = min(step * config.unfreeze_step, everything)
-            stop = config.epochs if count == everything else min(start + config.unfreeze_every, config.epochs)
-            steps.append((start, stop, count))
-            start, step = stop, step + 1
-    return [
-        Stage(
-            start,
-            stop,
-            functools.partial(set_trainable, names=unfrozen(groups, count), keep_statistics=pretrained),
-            describe(groups, count),
-        )
-        for start, stop, count in steps
-    ]
+    layer_groups(model)  # refuses a model that is not EfficientNetV2-S
+    counts = unit_counts(config)
+    stages = []
+    for i, count in enumerate(counts):
+        start = i * config.unfreeze_every
+        stop = config.epochs if i == len(counts) - 1 else min(start + config.unfreeze_every, config.epochs)
+        names = unfrozen(config.unfreeze_unit, count)
+        apply = functools.partial(set_trainable, names=names, unit=config.unfreeze_unit,
+                                  batch_norm=config.batch_norm_mode, pretrained=config.weights != "none")  # fmt: skip
+        units = tuple(name for name in [*UNITS_BOTTOM_UP[config.unfreeze_unit], HEAD_GROUP] if name in names)
+        stages.append(Stage(start, stop, apply, describe(config.unfreeze_unit, count), units))
+    return stages
 
 
 def trainable_counts(model: keras.Model) -> dict[str, int]:
@@ -165,20 +197,49 @@ def stage_logger(model: keras.Model) -> list[keras.callbacks.Callback]:
 
 
 def schedule_metrics(model: keras.Model, stages: list[Stage]) -> dict:
-    """The unfreezing schedule for metrics.json: per stage its epochs (history.csv numbering) and trainable set.
-
-    Applies each stage's flags to count, then puts every flag back as it was.
-    """
-    saved = [(layer, layer.trainable) for layer in sublayers(model)]
-    groups = layer_groups(model)
+    """The unfreezing schedule for metrics.json: per stage its epochs (from 1, as history.csv) and trainable set."""
     schedule = []
-    for stage in stages:
-        stage.apply(model)
-        trainable = [name for name, members in groups.items() if members[0].trainable]
-        schedule.append(
-            {"label": stage.label, "epochs": list(range(stage.start, stage.stop)), "trainable_groups": trainable}
-            | trainable_counts(model)
-        )
-    for layer, flag in saved:
-        layer.trainable = flag
+    with flags_kept(model):
+        for stage in stages:
+            stage.apply(model)
+            schedule.append(
+                {"label": stage.label, "epochs": list(range(stage.start + 1, stage.stop + 1)),
+                 "trainable_groups": list(stage.units)} | trainable_counts(model)
+            )  # fmt: skip
     return {"unfreezing_schedule": schedule}
+
+
+@contextlib.contextmanager
+def flags_kept(model: keras.Model):
+    """Stages' flags may be tried on the model inside; every layer's and variable's flag comes back after."""
+    layers = [(layer, layer.trainable) for layer in sublayers(model)]
+    variables = [(variable, variable.trainable) for variable in model.variables]
+    try:
+        yield
+    finally:
+        for layer, flag in layers:
+            layer.trainable = flag
+        for variable, flag in variables:
+            variable.trainable = flag
+
+
+def schedule_table(config: FinetuneConfig, num_classes: int = 10) -> str:
+    """Each stage's epochs (from 1), units and trainable parameters, from the architecture alone: nothing
+    is trained or downloaded (the counts do not depend on the weights or the image size)."""
+    quiet = logging.getLogger(build_finetune_model.__module__)
+    level, quiet.level = quiet.level, logging.ERROR  # "random weights" is the point here, not a warning
+    try:
+        model = build_finetune_model(dataclasses.replace(config, weights="none", image_size=MIN_IMAGE_SIZE), num_classes)
+    finally:
+        quiet.setLevel(level)
+    stages = plan_stages(model, config)
+    lines = [
+        f"{config.strategy} fine-tuning of EfficientNetV2-S, {config.epochs} epochs, {num_classes} classes: "
+        f"units {config.unfreeze_unit}, batch norm {config.batch_norm_mode}, optimizer state {config.optimizer_state}",
+        f"{'stage':<7}{'epochs':<9}{'trainable parameters':>22}  units",
+    ]
+    for number, stage in enumerate(stages, start=1):
+        stage.apply(model)
+        epochs = f"{stage.start + 1}-{stage.stop}" if stage.stop - stage.start > 1 else f"{stage.stop}"
+        lines.append(f"{number:<7}{epochs:<9}{trainable_params(model):>22,}  {', '.join(stage.units)}")
+    return "\n".join(lines)

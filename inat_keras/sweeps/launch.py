@@ -29,6 +29,9 @@ def run_sweep(
         raise ConfigError(f"--count must be at least 1, got {count}")
     plan = load_plan(path, overrides)
     online = tracking.logged_in() and not offline and os.environ.get("WANDB_MODE") not in ("offline", "disabled")
+    why = online and tracking.unreachable()
+    if why:
+        raise ConfigError(f"W&B {why}: a sweep shared through W&B needs its server; run it locally with --offline")
     if sweep_id and not online:
         raise ConfigError("--sweep-id joins a W&B sweep: it needs a W&B login (wandb login) and no --offline")
     if online:

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..errors import ConfigError, DataError
 from ..files import write_json
+from ..locks import LOCK, folder_lock
 from ..training import tracking
 from ..training.run_folder import BACKUP, HISTORY, METRIC_GOALS, METRICS, best_value, read_history
 from .spec import SweepPlan, sweeps
@@ -80,7 +81,8 @@ def read_trials(sweep_dir: Path) -> dict:
 
 def open_sweep_dir(plan: SweepPlan, sweep_dir: Path) -> dict:
     """A new sweep folder, or one that holds this very sweep (same file, same trial options) to resume."""
-    setup = {"kind": plan.kind.name, "metric": plan.metric, "sweep": plan.sweep, "base": plan.base}
+    setup = {"kind": plan.kind.name, "metric": plan.metric, "sweep": plan.sweep, "base": plan.base,
+             "settings": plan.settings}  # fmt: skip
     setup = json.loads(json.dumps(setup))
     if (sweep_dir / TRIALS_FILE).exists():
         state = read_trials(sweep_dir)
@@ -94,7 +96,7 @@ def open_sweep_dir(plan: SweepPlan, sweep_dir: Path) -> dict:
             )
         log.info("resuming the sweep in %s (%d trial(s) recorded)", sweep_dir, len(state["trials"]))
         return state
-    if sweep_dir.exists() and any(sweep_dir.iterdir()):
+    if sweep_dir.exists() and any(p.name != LOCK for p in sweep_dir.iterdir()):
         raise ConfigError(f"{sweep_dir} is not empty and holds no sweep ({TRIALS_FILE}); choose a new --output-dir")
     sweep_dir.mkdir(parents=True, exist_ok=True)
     return {**setup, "trials": []}
@@ -125,7 +127,7 @@ def run_trial(plan: SweepPlan, sweep_dir: Path, trial: dict, mode: str) -> None:
     try:
         if not (run_dir / METRICS).exists():  # else it finished before its record was written
             with tracking.grouped(sweep_dir.name):
-                plan.kind.train(plan.trial_config(trial["config"], run_dir, mode))
+                plan.kind.train(plan.trial_config(trial["config"], run_dir, mode), final=False)
         trial.update(state="finished", **trial_result(run_dir))
         trial["metric"] = trial["summary"][plan.metric]
     except DataError:
@@ -147,6 +149,11 @@ def local_mode() -> str:
 def run_local(plan: SweepPlan, sweep_dir: Path, count: int) -> dict:
     """Run trials until `count` are recorded in the folder; interrupted ones first, from scratch or their backup."""
     sweep_dir = Path(sweep_dir)
+    with folder_lock(sweep_dir, "sweep"):
+        return run_trials(plan, sweep_dir, count)
+
+
+def run_trials(plan: SweepPlan, sweep_dir: Path, count: int) -> dict:
     state = open_sweep_dir(plan, sweep_dir)
     mode = local_mode()
     for trial in state["trials"]:

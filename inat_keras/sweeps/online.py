@@ -21,7 +21,7 @@ def agent_trial(plan: SweepPlan, sweep_dir: Path) -> None:
     run = wandb.init(dir=str(sweep_dir), settings=wandb.Settings(silent=True, console="off"))
     params = {name: plain(run.config[name]) for name in plan.sweep["parameters"] if name in run.config}
     try:
-        plan.kind.train(plan.trial_config(plan.trial_values(params), sweep_dir / TRIALS_DIR / run.id, "online"))
+        plan.kind.train(plan.trial_config(plan.trial_values(params), sweep_dir / TRIALS_DIR / run.id, "online"), final=False)
     except DataError:
         raise
     except Exception as err:  # finish it as failed here: W&B's agent would stop after a few raised failures

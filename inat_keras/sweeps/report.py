@@ -52,6 +52,7 @@ class SweepRecord:
     metric: str
     parameters: dict  # the sweep file's parameters section
     trials: list[dict]  # name, number, state, params, config, metric, reason
+    settings: dict | None = None  # the kind's YAML as the sweep started from it (local sweeps)
 
     @property
     def maximize(self) -> bool:
@@ -74,7 +75,8 @@ def _finite(value) -> bool:
 def from_folder(sweep_dir: Path) -> SweepRecord:
     state = read_trials(sweep_dir)
     parameters = state["sweep"]["parameters"]
-    return SweepRecord(Path(sweep_dir).name, KINDS[state["kind"]], state["metric"], parameters, state["trials"])
+    return SweepRecord(Path(sweep_dir).name, KINDS[state["kind"]], state["metric"], parameters, state["trials"],
+                       state.get("settings"))  # fmt: skip
 
 
 def from_wandb(sweep_id: str, project: str) -> SweepRecord:
@@ -120,11 +122,15 @@ def load_sweep(source: str, project: str = "inat-keras") -> tuple[SweepRecord, P
 
 
 def best_config(record: SweepRecord) -> dict:
-    """The winning trial's options, minus where the data and outputs went (the retraining command chooses)."""
+    """The winning trial's parameters over the real settings the sweep started from: not the demo-only
+    options, not short-trial flags, not where the data and outputs went (the retraining command chooses).
+    A W&B sweep records no such settings: its winner's whole config, less those places."""
     finished = record.finished()
     if not finished:
         raise ConfigError(f"sweep {record.name} has no finished trial with a {record.metric}")
-    return {k: v for k, v in finished[0]["config"].items() if k not in PLACE_OPTIONS}
+    if record.settings is None:
+        return {k: v for k, v in finished[0]["config"].items() if k not in PLACE_OPTIONS}
+    return {**record.settings, **finished[0]["params"]}
 
 
 def shown(value) -> str:

@@ -47,6 +47,7 @@ class SweepPlan:
     kind: Kind
     base: dict  # every option of a trial before the proposal: defaults, the kind's YAML, command-line options
     overrides: dict  # command-line options; they win over the sweep file's constants
+    settings: dict = dataclasses.field(default_factory=dict)  # the kind's YAML as it is: no demo section, no flags
 
     @property
     def metric(self) -> str:
@@ -151,7 +152,9 @@ def load_plan(path: str | Path, overrides: dict | None = None) -> SweepPlan:
                 build_config(kind.config_class, {**base, name: value}, source=f"value {value!r}")
             except ConfigError as err:
                 raise ConfigError(f"{source}: parameters.{name}: {err}") from None
-    plan = SweepPlan(source, sweep, kind, base, overrides)
+    settings = {k: v for k, v in to_dict(load_config(kind.config_class, kind.default_config_path())).items()
+                if k not in PLACE_OPTIONS and v is not None}  # fmt: skip
+    plan = SweepPlan(source, sweep, kind, base, overrides, settings)
     check_combinations(plan)
     return plan
 
@@ -198,6 +201,11 @@ def check_combinations(plan: SweepPlan, samples: int = 256) -> None:
         example = next(iter(reasons.values()))
         raise ConfigError(f"{plan.source}: no combination of the parameters makes a model, e.g. {example}")
     for name, values in choices.items():
-        for key in ((name, repr(value)) for value in values):
-            if len(values) > 1 and tried[key] and failed[key] == tried[key]:
-                log.warning("%s: parameters.%s: trials with %s will fail: %s", plan.source, *key, reasons[key])
+        doomed = [v for v in values if len(values) > 1 and tried[name, repr(v)] and failed[name, repr(v)] == tried[name, repr(v)]]
+        listed = plan.sweep["parameters"][name].get("values")
+        for value in doomed:
+            action = "dropped from the search" if listed else "kept (a range cannot drop it)"
+            log.warning("%s: parameters.%s: %r %s, every trial with it would fail: %s", plan.source, name, value,
+                        action, reasons[name, repr(value)])  # fmt: skip
+        if listed and doomed:
+            plan.sweep["parameters"][name]["values"] = [v for v in listed if v not in doomed]

@@ -10,11 +10,24 @@ from pathlib import Path
 
 import keras
 
-from .run_folder import read_history, write_history
+from .run_folder import (
+    CHECKPOINT,
+    HISTORY,
+    PARTIAL_CHECKPOINT,
+    best_in_history,
+    best_value,
+    read_checkpoint_record,
+    read_history,
+    resumed_epoch,
+    write_checkpoint_record,
+    write_history,
+)
 
 
 class EpochTimer(keras.callbacks.Callback):
-    """Adds epoch_seconds and images_per_second to the epoch logs (so CSV and W&B get them)."""
+    """Adds epoch_seconds, images_per_second and process_start (1 on the first epoch that this process
+    trains: it includes compiling and filling caches) to the epoch logs, so history.csv keeps every
+    process's timings across resumes, and W&B gets them."""
 
     def __init__(self, images_per_epoch: int):
         super().__init__()
@@ -30,6 +43,7 @@ class EpochTimer(keras.callbacks.Callback):
         if logs is not None:
             logs["epoch_seconds"] = seconds
             logs["images_per_second"] = self.images_per_epoch / seconds
+            logs["process_start"] = int(len(self.seconds) == 1)
 
 
 class PaddedValidationLoss(keras.callbacks.Callback):
@@ -45,18 +59,59 @@ class PaddedValidationLoss(keras.callbacks.Callback):
             logs["val_loss"] = float(logs["val_loss"]) * self.scale
 
 
-class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
-    """ModelCheckpoint that writes beside the target and renames, so a crash never leaves half a file."""
+class RunCheckpoint(keras.callbacks.ModelCheckpoint):
+    """The run's model.keras: the best epoch on val_accuracy, or (without validation) the last epoch.
 
-    def __init__(self, filepath, **kwargs):
-        self.final_path = Path(filepath)
-        self.partial_path = self.final_path.with_name(self.final_path.stem + ".partial.keras")
-        super().__init__(str(self.partial_path), **kwargs)
+    Written beside the target and renamed, so a crash never leaves half a file, and recorded with its
+    epoch in checkpoint.json. It goes after the backup in the callback list: a kill between the two
+    leaves a backup of an epoch whose checkpoint is missing, never a checkpoint of an epoch that the
+    resume reruns (and whose history row it deletes). On resume, once the backup has restored that
+    epoch's weights, the missing checkpoint is written from them.
+    """
+
+    def __init__(self, run_dir: Path, validated: bool):
+        self.run_dir = Path(run_dir)
+        self.final_path, self.partial_path = self.run_dir / CHECKPOINT, self.run_dir / PARTIAL_CHECKPOINT
+        self.validated = validated
+        super().__init__(
+            str(self.partial_path),
+            monitor="val_accuracy" if validated else "loss",
+            mode="max" if validated else "min",
+            save_best_only=validated,
+            initial_value_threshold=best_in_history(self.run_dir) if validated else None,
+        )
+        self._repaired = False
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        if self._repaired:
+            return
+        self._repaired = True
+        rows = read_history(self.run_dir / HISTORY)
+        if not rows:
+            return
+        due = self.due_epoch(rows)
+        record = read_checkpoint_record(self.run_dir)
+        if due == resumed_epoch(self.run_dir) and (record is None or record["epoch"] != due):
+            self.model.save(self.partial_path)  # the restored weights are that epoch's
+            self.publish(due)
+
+    def due_epoch(self, rows: list[dict]) -> int:
+        """The epoch (history.csv numbering, from 1) whose weights model.keras must hold: the first best
+        val_accuracy, or the last epoch."""
+        if not self.validated:
+            return int(rows[-1]["epoch"])
+        best = best_value("val_accuracy", [r.get("val_accuracy") for r in rows])
+        return next(int(r["epoch"]) for r in rows if r.get("val_accuracy") not in (None, "") and float(r["val_accuracy"]) == best)
 
     def on_epoch_end(self, epoch, logs=None):
         super().on_epoch_end(epoch, logs)
         if self.partial_path.exists():
-            os.replace(self.partial_path, self.final_path)
+            self.publish(epoch + 1)
+
+    def publish(self, epoch: int) -> None:
+        os.replace(self.partial_path, self.final_path)
+        write_checkpoint_record(self.run_dir, epoch)
 
 
 class StagedBackupAndRestore(keras.callbacks.BackupAndRestore):
@@ -70,26 +125,63 @@ class StagedBackupAndRestore(keras.callbacks.BackupAndRestore):
     """
 
     def on_train_begin(self, logs=None):
+        incomplete = [Path(p) for p in (self._weights_path, self._prev_weights_path) if Path(p).exists()]
+        if incomplete and not any(Path(p).exists() for p in (self._training_metadata_path, self._prev_training_metadata_path)):
+            # killed while writing the first backup (the epoch is recorded after the weights): nothing to restore
+            for path in incomplete:
+                path.unlink()
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
             super().on_train_begin(logs)
 
 
 class ResumableCSVLogger(keras.callbacks.CSVLogger):
-    """CSVLogger in append mode that first drops rows of epochs about to be rerun after a resume."""
+    """CSVLogger in append mode, epochs numbered from 1 as on the console, that first drops the rows of
+    epochs about to be rerun after a resume."""
 
     def __init__(self, filename):
         super().__init__(filename, append=True)
         self._trimmed = False
 
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch + 1, logs)
+
     def on_epoch_begin(self, epoch, logs=None):
         if not self._trimmed and os.path.exists(self.filename):
             self._trimmed = True
             rows = read_history(self.filename)
-            kept = [row for row in rows if int(row["epoch"]) < epoch]
+            kept = [row for row in rows if int(row["epoch"]) <= epoch]  # epochs 1..epoch are done
             if len(kept) != len(rows):
                 self.csv_file.close()
                 write_history(self.filename, kept)
                 self.csv_file = open(self.filename, "a")
                 self.append_header = not kept
                 self.writer = None
+
+
+class StagedEarlyStopping(keras.callbacks.EarlyStopping):
+    """EarlyStopping whose best value and patience span every stage's fit and a resume.
+
+    Keras resets both at each `fit` (on_train_begin); a staged run calls fit once per stage. This one
+    starts once, from the run's history (the epochs before a resume count as if never interrupted).
+    """
+
+    def __init__(self, history: list[dict], **kwargs):
+        super().__init__(**kwargs)
+        self.history = history
+        self._started = False
+
+    def on_train_begin(self, logs=None):
+        if self._started:
+            return
+        self._started = True
+        super().on_train_begin(logs)
+        if self.history and self.monitor_op is None:
+            self._set_monitor_op()
+        for row in self.history:
+            value = row.get(self.monitor)
+            if value in (None, ""):
+                continue
+            self.wait += 1
+            if self._is_improvement(float(value), self.best):
+                self.best, self.best_epoch, self.wait = float(value), int(row["epoch"]) - 1, 0

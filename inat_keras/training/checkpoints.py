@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import zipfile
 from pathlib import Path
 
 import keras
@@ -10,12 +12,14 @@ import keras_cv  # noqa: F401  (registers the backbone classes that fine-tuned m
 from ..config import TrainConfig
 from ..data.pipeline import make_dataset
 from ..data.sources import resolve_data_dir
-from ..data.splits import Split, list_images
+from ..data.splits import Split, find_unreadable, list_images, scan_images, splits_from_record
 from ..errors import DataError
 from ..files import write_json
 from ..models import layers  # noqa: F401  (registers the layer classes that the CNN uses)
 from .evaluation import evaluate_model, image_shape, top_k
 from .run_folder import METRICS, SPLIT, new_run_dir, read_split
+
+log = logging.getLogger(__name__)
 
 
 def load_checkpoint(path: str | Path) -> keras.Model:
@@ -24,7 +28,12 @@ def load_checkpoint(path: str | Path) -> keras.Model:
         raise DataError(f"checkpoint not found: {path}")
     if path.suffix != ".keras":
         raise DataError(f"{path} is not a .keras model file (runs write model.keras)")
-    return keras.models.load_model(path, compile=False)  # inference only; skips the training optimizer
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"{path} is not a readable Keras model: the .keras archive is truncated or corrupt")
+    try:
+        return keras.models.load_model(path, compile=False)  # inference only; skips the training optimizer
+    except (ValueError, KeyError, OSError, zipfile.BadZipFile) as err:
+        raise DataError(f"{path} is not a readable Keras model ({' '.join(str(err).split())[:200]})") from err
 
 
 def _data_root(checkpoint: Path, data_dir: str | None, demo: bool) -> Path:
@@ -48,20 +57,41 @@ def class_names_for(checkpoint: Path, model: keras.Model, data_dir: str | None, 
     return names
 
 
+def test_split(checkpoint: Path, data_dir: str | None, demo: bool, class_names: list[str]) -> Split:
+    """The run's own test list from split.json (its skipped files stay skipped), or with --data-dir / --demo
+    the val/ folder as it is now. A file of the saved list that no longer decodes is an error, not a drift."""
+    saved = read_split(checkpoint.parent)
+    if saved is not None and not (data_dir or demo):
+        test = splits_from_record(saved).test
+        bad = find_unreadable(test.paths)
+        if bad:
+            path, reason = bad[0]
+            raise DataError(
+                f"{len(bad)} image(s) of the run's test list ({checkpoint.parent / SPLIT}) can no longer be read, "
+                f"e.g. {path}: {reason}; restore them, or pass --data-dir to evaluate on a folder as it is now"
+            )
+        return test
+    names, paths, labels = list_images(_data_root(checkpoint, data_dir, demo) / "val")
+    if names != class_names:
+        raise DataError(f"the test set's classes {names} differ from the model's {class_names}")
+    kept = dict(zip(paths, labels))
+    for path, reason in find_unreadable(paths):
+        log.warning("skipped unreadable test image %s: %s", path, reason)
+        kept.pop(path)
+    return Split(list(kept), list(kept.values()))
+
+
 def evaluate_checkpoint(checkpoint: str, data_dir: str | None, demo: bool, output_dir: str | None):
     checkpoint = Path(checkpoint)
     model = load_checkpoint(checkpoint)
     class_names = class_names_for(checkpoint, model, data_dir, demo)
-    names, paths, labels = list_images(_data_root(checkpoint, data_dir, demo) / "val")
-    if names != class_names:
-        raise DataError(f"the test set's classes {names} differ from the model's {class_names}")
+    test = test_split(checkpoint, data_dir, demo, class_names)
     size, channels = image_shape(model)
     out_dir = Path(output_dir) if output_dir else new_run_dir("evaluate")
     if out_dir.exists() and any(out_dir.iterdir()):
         raise DataError(f"{out_dir} is not empty; choose a new --output-dir")
     out_dir.mkdir(parents=True, exist_ok=True)
     config = TrainConfig(image_size=size, batch_size=32, augment=False)
-    test = Split(paths, labels)
     dataset = make_dataset(test, config, training=False, channels=channels)
     metrics, _ = evaluate_model(model, test, dataset, class_names, out_dir)
     metrics.update({"checkpoint": str(checkpoint), "params": int(model.count_params()), "backend": keras.backend.backend()})
@@ -70,10 +100,13 @@ def evaluate_checkpoint(checkpoint: str, data_dir: str | None, demo: bool, outpu
 
 
 def predict_images(checkpoint: str, images: list[str], data_dir: str | None, demo: bool, k: int = 3):
+    """(path, top-k) for every readable image, and (path, reason) for every file that is not one."""
     checkpoint = Path(checkpoint)
-    missing = [p for p in images if not Path(p).is_file()]
-    if missing:
-        raise DataError(f"image file(s) not found: {', '.join(missing)}")
     model = load_checkpoint(checkpoint)
     class_names = class_names_for(checkpoint, model, data_dir, demo)
-    return list(zip(images, top_k(model, images, class_names, k)))
+    missing = [(p, "no such file") for p in images if not Path(p).is_file()]
+    present = [p for p in images if Path(p).is_file()]
+    unreadable, _ = scan_images(present)
+    bad = dict(missing + unreadable)
+    good = [p for p in images if p not in bad]
+    return list(zip(good, top_k(model, good, class_names, k))), [(p, bad[p]) for p in images if p in bad]

@@ -9,7 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from ..analysis.plots import grid_indices, plot_confusion, plot_predictions
-from ..data.pipeline import decode_resize
+from ..data.decode import decode_resize, exif_orientation
 from ..data.splits import Split
 
 
@@ -19,11 +19,15 @@ def image_shape(model: keras.Model) -> tuple[int, int]:
     return int(height), int(channels)
 
 
-def load_images(paths: list[str], size: int, channels: int) -> np.ndarray:
-    ds = tf.data.Dataset.from_tensor_slices(paths).map(
-        lambda p: decode_resize(p, size, channels), num_parallel_calls=tf.data.AUTOTUNE
+def load_images(paths: list[str], size: int, channels: int, orientations: list[int] | None = None) -> np.ndarray:
+    """Files as the model sees them, upright by their EXIF orientation (read here unless given)."""
+    if not paths:
+        return np.zeros((0, size, size, channels), np.uint8)
+    orientations = orientations or [exif_orientation(p) for p in paths]
+    ds = tf.data.Dataset.from_tensor_slices((paths, np.asarray(orientations, dtype="int32"))).map(
+        lambda p, o: decode_resize(p, size, channels, o), num_parallel_calls=tf.data.AUTOTUNE
     )
-    return np.stack([x.numpy() for x in ds]) if paths else np.zeros((0, size, size, channels), np.uint8)
+    return np.stack([x.numpy() for x in ds])
 
 
 def predict_logits(model: keras.Model, dataset: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
@@ -59,7 +63,8 @@ def evaluate_model(model: keras.Model, test: Split, test_ds, class_names: list[s
     plot_confusion(labels, predicted, class_names, confusion_path)
     chosen = grid_indices(labels, seed)
     size, channels = image_shape(model)
-    images = load_images([test.paths[i] for i in chosen], size, channels)
+    codes = test.upright_codes()
+    images = load_images([test.paths[i] for i in chosen], size, channels, [codes[i] for i in chosen])
     plot_predictions(
         images, labels[chosen], predicted[chosen], probabilities[chosen, predicted[chosen]], class_names, grid_path
     )

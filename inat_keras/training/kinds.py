@@ -46,8 +46,9 @@ class Kind:
         strategy = getattr(config, "strategy", None)
         return f"{self.name}-{strategy}" if strategy else self.name
 
-    def train(self, config: TrainConfig) -> tuple[Path, dict]:
-        return run_training(config, self)
+    def train(self, config: TrainConfig, final: bool = True) -> tuple[Path, dict]:
+        """A final run ends with the test set; a sweep trial (final=False) never touches it."""
+        return run_training(config, self, final)
 
     def own_options(self) -> set[str]:
         """Options that only this kind has (the shared training options excluded)."""

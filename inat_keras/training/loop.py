@@ -22,11 +22,20 @@ from ..data.sources import resolve_data_dir
 from ..data.splits import Splits, load_splits, splits_from_record
 from ..errors import ConfigError
 from ..files import write_json
-from ..models.strategies import Stage, trainable_params
+from ..locks import folder_lock
+from ..models.strategies import Stage, flags_kept, trainable_params
 from . import tracking
-from .callbacks import AtomicModelCheckpoint, EpochTimer, PaddedValidationLoss, ResumableCSVLogger, StagedBackupAndRestore
+from .callbacks import (
+    EpochTimer,
+    PaddedValidationLoss,
+    ResumableCSVLogger,
+    RunCheckpoint,
+    StagedBackupAndRestore,
+    StagedEarlyStopping,
+)
 from .distribute import Placement, place
 from .evaluation import evaluate_model
+from .optimizers import CarriedAdam
 from .run_folder import (
     BACKUP,
     CHECKPOINT,
@@ -35,6 +44,7 @@ from .run_folder import (
     METRICS,
     WANDB_ID,
     best_in_history,
+    new_run_dir,
     open_run_dir,
     read_history,
     read_split,
@@ -60,7 +70,6 @@ class Fitted:
     model: keras.Model
     stages: list[Stage]
     splits: Splits
-    timer: EpochTimer
     wandb_run: object
 
 
@@ -73,10 +82,13 @@ def prepare_splits(config: TrainConfig, run_dir: Path, resuming: bool) -> Splits
     return splits
 
 
-def compile_model(model: keras.Model, config: TrainConfig) -> None:
-    """A fresh Adam per compile: Keras cannot recompile with an optimizer that saw other variables."""
+def compile_model(model: keras.Model, config: TrainConfig, optimizer: CarriedAdam | None = None) -> None:
+    """With `optimizer` (carried state), that one, told which variables train now; else a fresh Adam:
+    Keras cannot recompile with one of its optimizers that saw other variables."""
+    if optimizer is not None:
+        optimizer.activate(model.trainable_variables)
     model.compile(
-        optimizer=keras.optimizers.Adam(config.learning_rate),
+        optimizer=optimizer or keras.optimizers.Adam(config.learning_rate),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         weighted_metrics=["accuracy"],  # so that zero-weight padding (data.pipeline.padded) is not counted
         steps_per_execution=config.steps_per_execution,
@@ -95,37 +107,42 @@ def dtype_policy(name: str):
         keras.config.set_dtype_policy(previous)
 
 
-def make_callbacks(config: TrainConfig, run_dir: Path, images_per_epoch: int, extra: list) -> tuple[list, EpochTimer]:
-    """Best checkpoint on val_accuracy; without a validation split, the last epoch's model."""
-    timer = EpochTimer(images_per_epoch)
-    validated = config.val_fraction > 0
+def make_callbacks(config: TrainConfig, run_dir: Path, images_per_epoch: int, extra: list) -> list:
+    """One list for every stage. At each epoch's end, in this order: the history row, the backup, then
+    the checkpoint (RunCheckpoint says why)."""
     callbacks = [
-        timer,
+        EpochTimer(images_per_epoch),
         *extra,
         keras.callbacks.TerminateOnNaN(),
-        AtomicModelCheckpoint(
-            run_dir / CHECKPOINT,
-            monitor="val_accuracy" if validated else "loss",
-            mode="max" if validated else "min",
-            save_best_only=validated,
-            initial_value_threshold=best_in_history(run_dir) if validated else None,
-        ),
         ResumableCSVLogger(str(run_dir / HISTORY)),
         StagedBackupAndRestore(str(run_dir / BACKUP), double_checkpoint=True, delete_checkpoint=False),
+        RunCheckpoint(run_dir, validated=config.val_fraction > 0),
         tracking.MetricsLogger(),
     ]
     if config.early_stopping:
         callbacks.append(
-            keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=config.early_stopping)
+            StagedEarlyStopping(read_history(run_dir / HISTORY), monitor="val_accuracy", mode="max",
+                                patience=config.early_stopping)  # fmt: skip
         )
-    return callbacks, timer
+    return callbacks
 
 
-def run_training(config: TrainConfig, kind: Kind) -> tuple[Path, dict]:
-    """Train in stages (one for scratch), then evaluate the checkpoint on the test split.
+def carried_optimizer(model: keras.Model, stages: list[Stage], config: TrainConfig) -> CarriedAdam:
+    """One Adam with a slot for every variable that any stage trains (model order)."""
+    candidates = set()
+    with flags_kept(model):
+        for stage in stages:
+            stage.apply(model)
+            candidates |= {id(v) for v in model.trainable_variables}
+    return CarriedAdam([v for v in model.variables if id(v) in candidates], learning_rate=config.learning_rate)
 
-    With several processes only the first writes the run folder, W&B and the test report; the others
-    return the shared folder's path and no metrics.
+
+def run_training(config: TrainConfig, kind: Kind, final: bool = True) -> tuple[Path, dict]:
+    """Train in stages (one for scratch), then, for a final run, evaluate the checkpoint on the test split.
+
+    A run that is not final (a sweep trial) never touches the test set: its metrics.json, folder and W&B
+    run hold validation and timing figures only. With several processes only the first writes the run
+    folder, W&B and the test report; the others return the shared folder's path and no metrics.
     """
     placement = place(config.distribute)
     if not placement.is_chief:
@@ -135,8 +152,15 @@ def run_training(config: TrainConfig, kind: Kind) -> tuple[Path, dict]:
         finally:
             shutil.rmtree(run_dir, ignore_errors=True)
         return Path(config.output_dir or run_dir), {}
-    run_dir, resuming = open_run_dir(config.output_dir, kind.run_name(config), config)
-    config = dataclasses.replace(config, output_dir=str(run_dir))
+    config = dataclasses.replace(config, wandb=tracking.resolve_mode(config.wandb))  # before any folder exists
+    run_dir = Path(config.output_dir) if config.output_dir else new_run_dir(kind.run_name(config))
+    with folder_lock(run_dir):
+        resuming = open_run_dir(run_dir, config)
+        return finish_run(dataclasses.replace(config, output_dir=str(run_dir)), kind, run_dir, resuming, placement, final)
+
+
+def finish_run(config: TrainConfig, kind: Kind, run_dir: Path, resuming: bool, placement: Placement, final: bool):
+    """Train, then write the report: the part of a run that holds its folder's lock."""
     fitted = fit_stages(config, kind, run_dir, resuming, placement)
     history = read_history(run_dir / HISTORY)
     if any(not math.isfinite(float(r["loss"])) for r in history if r.get("loss") not in (None, "", "NA")):
@@ -150,18 +174,16 @@ def run_training(config: TrainConfig, kind: Kind) -> tuple[Path, dict]:
     # needs no optimizer, and a staged run's saved one fits no reloaded model.
     best = keras.models.load_model(run_dir / CHECKPOINT, compile=False)
     splits = fitted.splits
-    test_ds = make_dataset(splits.test, config, training=False)
-    metrics, pictures = evaluate_model(best, splits.test, test_ds, splits.class_names, run_dir, config.seed)
-    seconds = fitted.timer.seconds or [float("nan")]
-    steady = seconds[1:] if len(seconds) > 1 else seconds
+    metrics, pictures = {}, {}
+    if final:
+        test_ds = make_dataset(splits.test, config, training=False)
+        metrics, pictures = evaluate_model(best, splits.test, test_ds, splits.class_names, run_dir, config.seed)
     metrics.update(
         {
             "best_val_accuracy": best_in_history(run_dir),
             "params": int(best.count_params()),
             "trainable_params": trainable_params(fitted.model),
-            "train_images_per_second": len(splits.train) / statistics.median(steady),
-            "seconds_per_epoch": statistics.median(steady),
-            "first_epoch_seconds": seconds[0],
+            **timings(history, len(splits.train)),
             "epochs_run": len(history),
             "backend": keras.backend.backend(),
             **placement.describe(),
@@ -179,6 +201,26 @@ def run_training(config: TrainConfig, kind: Kind) -> tuple[Path, dict]:
     fitted.wandb_run.finish()
     shutil.rmtree(run_dir / BACKUP, ignore_errors=True)
     return run_dir, metrics
+
+
+def timings(history: list[dict], train_images: int) -> dict:
+    """Epoch timings over every process that trained the run (history.csv keeps them all): the median of
+    the epochs that were not a process's first (those compile and fill caches), the first epoch, the sum."""
+    rows = [r for r in history if r.get("epoch_seconds") not in (None, "", "NA")]
+    if not rows:
+        return {"seconds_per_epoch": None, "train_images_per_second": None, "first_epoch_seconds": None,
+                "train_seconds": None, "training_processes": 0}  # fmt: skip
+    seconds = [float(r["epoch_seconds"]) for r in rows]
+    starts = [r.get("process_start") in ("1", "1.0") for r in rows]
+    steady = [s for s, first in zip(seconds, starts) if not first] or seconds
+    median = statistics.median(steady)
+    return {
+        "seconds_per_epoch": median,
+        "train_images_per_second": train_images / median,
+        "first_epoch_seconds": seconds[0],
+        "train_seconds": sum(seconds),
+        "training_processes": max(1, sum(starts)),
+    }
 
 
 def fit_stages(config: TrainConfig, kind: Kind, run_dir: Path, resuming: bool, placement: Placement) -> Fitted:
@@ -211,16 +253,18 @@ def fit_stages(config: TrainConfig, kind: Kind, run_dir: Path, resuming: bool, p
             resume_id=run_id_file.read_text().strip() if resuming and run_id_file.exists() else None,
         )  # fmt: skip
         run_id_file.write_text(wandb_run.id)
-        callbacks, timer = make_callbacks(config, run_dir, len(splits.train), kind.callbacks(model))
+        callbacks = make_callbacks(config, run_dir, len(splits.train), kind.callbacks(model))
         callbacks = padding + callbacks
+        optimizer = carried_optimizer(model, stages, config) if config.optimizer_state == "carry" else None
         start = resumed_epoch(run_dir)
         for stage in stages:
             if stage.stop <= start:
                 continue
             stage.apply(model)
-            compile_model(model, config)
+            compile_model(model, config, optimizer)
             first = max(stage.start, start)
-            log.info("stage %s: epochs %d-%d", stage.label, first + 1, stage.stop)
+            shown = f"epoch {stage.stop}" if stage.stop == first + 1 else f"epochs {first + 1}-{stage.stop}"
+            log.info("stage %s: %s", stage.label, shown)
             train_ds = make_dataset(splits.train, config, training=True, batch_size=batch, even_batches=even,
                                     epochs=(first, stage.stop))  # fmt: skip
             model.fit(
@@ -235,11 +279,11 @@ def fit_stages(config: TrainConfig, kind: Kind, run_dir: Path, resuming: bool, p
             )
             if model.stop_training:
                 break
-    return Fitted(model, stages, splits, timer, wandb_run)
+    return Fitted(model, stages, splits, wandb_run)
 
 
 def log_to_wandb(run, metrics: dict, pictures: dict) -> None:
     flat = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-    flat.update({f"test_accuracy/{k}": v for k, v in metrics["per_class_test_accuracy"].items() if v is not None})
+    flat.update({f"test_accuracy/{k}": v for k, v in metrics.get("per_class_test_accuracy", {}).items() if v is not None})
     run.summary.update(flat)
     run.log({name: wandb.Image(str(path)) for name, path in pictures.items()})

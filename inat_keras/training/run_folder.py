@@ -4,6 +4,7 @@
     RUN/split.json     the exact train/val/test lists RUN/model.keras   the checkpoint that counts
     RUN/metrics.json   the final test report          RUN/backup/       Keras's backup while a run is unfinished
     RUN/wandb_id.txt   the W&B run to resume          RUN/wandb/        W&B's own files
+    RUN/checkpoint.json  the epoch that model.keras holds
 
 Every file is written whole or not at all (inat_keras.files); a folder holds one run, and is reused only to
 resume that same run.
@@ -25,14 +26,18 @@ from pathlib import Path
 from ..config import RESUME_NEUTRAL_OPTIONS, TrainConfig, read_yaml, to_dict
 from ..errors import ConfigError
 from ..files import write_text
+from ..locks import LOCK
 
 log = logging.getLogger(__name__)
 
 RUNS_DIR = Path("runs")
 CHECKPOINT, PARTIAL_CHECKPOINT = "model.keras", "model.partial.keras"
+CHECKPOINT_RECORD = "checkpoint.json"  # which epoch model.keras holds
 HISTORY, METRICS, SPLIT, CONFIG, BACKUP, WANDB_ID = (
     "history.csv", "metrics.json", "split.json", "config.yaml", "backup", "wandb_id.txt",
 )  # fmt: skip
+# What a run may have written before its settings (config.yaml): nothing worth keeping.
+EARLY_FILES = {SPLIT, WANDB_ID, "wandb"}
 # The validation metrics a run can be selected by, with the direction that is better.
 METRIC_GOALS = {"val_accuracy": "maximize", "val_loss": "minimize"}
 
@@ -47,16 +52,29 @@ def new_run_dir(prefix: str) -> Path:
     return run_dir
 
 
-def open_run_dir(output_dir: str | None, kind: str, config: TrainConfig) -> tuple[Path, bool]:
-    """A new folder per run; an existing one only if it is an interrupted run with the same config."""
-    run_dir = Path(output_dir) if output_dir else new_run_dir(kind)
-    if not run_dir.exists() or not any(run_dir.iterdir()):
-        run_dir.mkdir(parents=True, exist_ok=True)
-        return run_dir, False
-    if (run_dir / METRICS).exists():
+def open_run_dir(run_dir: Path, config: TrainConfig) -> bool:
+    """Whether `run_dir` (locked by the caller) resumes an interrupted run; refuses what it cannot reuse.
+
+    Empty: a new run. Holding only what a run writes before its settings are saved (killed during the
+    image scan, a W&B error): started again. Holding the same settings (killed at any later point, even
+    before the first epoch ended, or after a W&B error or missing weights): resumed, from its backup
+    when there is one. A finished run, other settings, or files of something else: refused.
+    """
+    entries = {p.name for p in run_dir.iterdir()} - {LOCK} if run_dir.exists() else set()
+    if not entries:
+        return False
+    if METRICS in entries:
         raise ConfigError(f"{run_dir} holds a finished run ({METRICS}); choose a new --output-dir")
-    if not (run_dir / BACKUP).is_dir() or not (run_dir / CONFIG).exists():
-        raise ConfigError(f"{run_dir} is not empty and holds no interrupted run to resume; choose a new --output-dir")
+    if CONFIG not in entries:
+        if entries <= EARLY_FILES:
+            log.info("%s holds a run stopped before its settings were saved: starting it again", run_dir)
+            for name in entries:
+                shutil.rmtree(run_dir / name) if (run_dir / name).is_dir() else (run_dir / name).unlink()
+            return False
+        raise ConfigError(
+            f"{run_dir} is not empty and holds no interrupted run of inat-keras (found {', '.join(sorted(entries)[:5])}); "
+            "choose a new --output-dir"
+        )
     saved = read_yaml(run_dir / CONFIG)
     current = to_dict(config)
     changed = sorted(k for k in current if k not in RESUME_NEUTRAL_OPTIONS and saved.get(k) != current[k])
@@ -66,7 +84,7 @@ def open_run_dir(output_dir: str | None, kind: str, config: TrainConfig) -> tupl
             "resume it with the same options or choose a new --output-dir"
         )
     log.info("resuming the interrupted run in %s", run_dir)
-    return run_dir, True
+    return True
 
 
 def worker_run_dir(output_dir: str | None) -> tuple[Path, bool]:
@@ -97,6 +115,15 @@ def read_split(run_dir: Path) -> dict | None:
 
 def write_split(run_dir: Path, record: dict) -> None:
     write_text(run_dir / SPLIT, json.dumps(record, indent=1))
+
+
+def read_checkpoint_record(run_dir: Path) -> dict | None:
+    path = Path(run_dir) / CHECKPOINT_RECORD
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def write_checkpoint_record(run_dir: Path, epoch: int) -> None:
+    write_text(Path(run_dir) / CHECKPOINT_RECORD, json.dumps({"epoch": epoch}))
 
 
 def read_history(path) -> list[dict]:

@@ -7,17 +7,21 @@ import contextvars
 import logging
 import netrc
 import os
+import socket
+import urllib.parse
 from pathlib import Path
 
 import keras
 import wandb
 from wandb.integration.keras import WandbMetricsLogger
 
+from ..errors import ConfigError
 from .run_folder import METRIC_GOALS, best_value
 
 log = logging.getLogger(__name__)
 
 _group = contextvars.ContextVar("wandb_group", default=None)
+REACH_TIMEOUT = 5.0  # seconds that --wandb auto / online wait for the W&B server before deciding
 
 
 def logged_in() -> bool:
@@ -30,13 +34,42 @@ def logged_in() -> bool:
         return False
 
 
+def server() -> tuple[str, int]:
+    """The W&B server's host and port (WANDB_BASE_URL, else W&B's cloud)."""
+    url = urllib.parse.urlsplit(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai")
+    return url.hostname or "api.wandb.ai", url.port or (80 if url.scheme == "http" else 443)
+
+
+def unreachable(timeout: float = REACH_TIMEOUT) -> str | None:
+    """Why the W&B server cannot be reached within `timeout` seconds (None: it answers)."""
+    host, port = server()
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as err:
+        return f"cannot reach {host}:{port} within {timeout:.0f} s ({err.strerror or err})"
+    return None
+
+
 def resolve_mode(mode: str) -> str:
+    """auto: online when logged in and the server answers (else offline, loudly); online fails fast."""
+    if wandb.run is not None and wandb.run.sweep_id:
+        return mode  # a W&B agent started this run: the server answered it
     if os.environ.get("WANDB_MODE") in ("offline", "disabled") and mode == "auto":
         return os.environ["WANDB_MODE"]
     if mode == "auto":
-        return "online" if logged_in() else "offline"
-    if mode == "online" and not logged_in():
-        raise RuntimeError("--wandb online needs a W&B login: run `wandb login` or set WANDB_API_KEY")
+        if not logged_in():
+            return "offline"
+        why = unreachable()
+        if why:
+            log.warning("W&B: %s; logging OFFLINE instead (upload later with `wandb sync`)", why)
+            return "offline"
+        return "online"
+    if mode == "online":
+        if not logged_in():
+            raise ConfigError("--wandb online needs a W&B login: run `wandb login` or set WANDB_API_KEY")
+        why = unreachable()
+        if why:
+            raise ConfigError(f"--wandb online: W&B {why}; use --wandb offline and `wandb sync` later")
     return mode
 
 
@@ -91,7 +124,7 @@ class MetricsLogger(WandbMetricsLogger):
         plain = {name: float(logs[name]) for name in METRIC_GOALS if logs and name in logs}
         best = {name: best_value(name, [wandb.run.summary.get(name), value]) for name, value in plain.items()}
         wandb.log(plain, commit=False)
-        super().on_epoch_end(epoch, logs)
+        super().on_epoch_end(epoch + 1, logs)  # epochs from 1, as on the console and in history.csv
         wandb.run.summary.update({name: value for name, value in best.items() if value is not None})
 
     def _get_lr(self):

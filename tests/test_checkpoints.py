@@ -1,0 +1,78 @@
+"""Saved models: a truncated checkpoint, files predict cannot read, and a full disk."""
+
+import errno
+import os
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import tiny_cnn_values
+from inat_keras.cli import main
+from inat_keras.config import ScratchConfig, build_config
+from inat_keras.training.kinds import KINDS
+from inat_keras.training.run_folder import read_checkpoint_record, read_history
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from conftest import write_image_folder
+
+    root = tmp_path_factory.mktemp("ckpt")
+    data = write_image_folder(root / "data", {"train": 10, "val": 4})
+    config = build_config(ScratchConfig, {**tiny_cnn_values(), "data_dir": str(data), "output_dir": str(root / "run")})
+    run_dir, _ = KINDS["scratch"].train(config)
+    return run_dir, data
+
+
+def test_a_truncated_checkpoint_is_named_as_such(trained, tmp_path, capsys):
+    run_dir, _ = trained
+    broken = tmp_path / "model.keras"
+    broken.write_bytes((run_dir / "model.keras").read_bytes()[:5000])
+    assert main(["evaluate", "--checkpoint", str(broken), "--demo"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not a readable Keras model" in err[0] and "truncated or corrupt" in err[0]
+    assert "not found" not in err[0]
+
+
+def test_predict_reports_unreadable_files_and_goes_on(trained, tmp_path, capsys):
+    run_dir, data = trained
+    good = sorted((data / "val" / "owl").iterdir())[0]
+    text = tmp_path / "notes.jpg"
+    text.write_text("not an image")
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(good.read_bytes()[: 200] if good.suffix == ".jpg" else b"\xff\xd8\xff")
+    code = main(["predict", "--checkpoint", str(run_dir / "model.keras"), str(text), str(good), str(cut)])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert str(good) in captured.out and "%" in captured.out
+    errors = captured.err.strip().splitlines()
+    assert errors[0].startswith(f"error: cannot read {text}:") and errors[1].startswith(f"error: cannot read {cut}:")
+    assert "2 of 3 file(s) could not be read" in errors[2]
+
+
+def test_a_full_disk_keeps_the_last_good_checkpoint_and_backup(image_folder, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    argv = ["scratch", "--data-dir", str(image_folder), "--output-dir", str(out), "--image-size", "32", "--filters",
+            "4,4,4,4,4", "--kernel-sizes", "1,1,1,1,1", "--dense-units", "8", "--batch-size", "8", "--epochs", "3",
+            "--wandb", "disabled", "--learning-rate", "0.01"]  # fmt: skip
+    save_weights, written = keras.Model.save_weights, []
+
+    def disk_full_at_the_third_backup(self, filepath, *args, **kwargs):
+        written.append(filepath)
+        if len(written) == 3:
+            with open(filepath, "wb") as f:
+                f.write(b"\x89HDF")  # what fitted before the disk filled up
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), filepath)
+        return save_weights(self, filepath, *args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "save_weights", disk_full_at_the_third_backup)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and "No space left on device" in err[-1]
+    model = keras.models.load_model(out / "model.keras", compile=False)  # the last good checkpoint is whole
+    assert model.output_shape[-1] == 3 and read_checkpoint_record(out)["epoch"] in (1, 2)
+    monkeypatch.setattr(keras.Model, "save_weights", save_weights)
+    assert main(argv) == 0  # room again: the same command resumes from the last whole backup
+    assert [int(r["epoch"]) for r in read_history(out / "history.csv")] == [1, 2, 3]

@@ -1,0 +1,134 @@
+"""A run folder belongs to one process at a time, and a run stopped at any point can be run again."""
+
+import dataclasses
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import Interrupt, tiny_cnn_values
+from inat_keras.config import ScratchConfig, build_config
+from inat_keras.errors import ConfigError
+from inat_keras.locks import LOCK, folder_lock
+from inat_keras.sweeps.launch import run_sweep
+from inat_keras.training import loop, tracking
+from inat_keras.training.kinds import KINDS
+from inat_keras.training.run_folder import read_history
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def config_for(folder, out, **extra) -> ScratchConfig:
+    return build_config(ScratchConfig, {**tiny_cnn_values(), "data_dir": str(folder), "output_dir": str(out), **extra})
+
+
+def command(folder, out, epochs) -> list[str]:
+    return [sys.executable, "-m", "inat_keras", "scratch", "--data-dir", str(folder), "--output-dir", str(out),
+            "--image-size", "32", "--filters", "4,4,4,4,4", "--kernel-sizes", "1,1,1,1,1", "--dense-units", "8",
+            "--batch-size", "2", "--epochs", str(epochs), "--wandb", "disabled"]  # fmt: skip
+
+
+def test_two_processes_on_one_folder_one_trains_the_other_is_refused(image_folder, tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    first = subprocess.Popen(command(image_folder, out, 40), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (out / "history.csv").exists() and time.time() < deadline:  # the first one is training now
+        time.sleep(0.2)
+    second = subprocess.run(command(image_folder, out, 40), env=env, capture_output=True, text=True, timeout=300)
+    first_out, first_err = first.communicate(timeout=600)
+    assert first.returncode == 0, first_err[-3000:]
+    assert second.returncode == 2
+    error = [line for line in second.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and f"is in use by another run (process {first.pid} on {socket.gethostname()}" in error[0]
+    rows = read_history(out / "history.csv")
+    assert [int(r["epoch"]) for r in rows] == list(range(1, 41))
+    assert (out / "history.csv").read_text().count("epoch,") == 1  # one header
+    assert json.loads((out / "metrics.json").read_text())["epochs_run"] == 40 and not (out / LOCK).exists()
+
+
+def dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_a_stale_lock_is_taken_over_and_a_foreign_one_refused(image_folder, tmp_path, caplog):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / LOCK).write_text(json.dumps({"pid": dead_pid(), "host": socket.gethostname(), "since": "earlier"}))
+    run_dir, metrics = KINDS["scratch"].train(config_for(image_folder, out, epochs=1))
+    assert metrics["epochs_run"] == 1 and "which no longer runs" in caplog.text
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / LOCK).write_text(json.dumps({"pid": 1, "host": "elsewhere", "since": "now"}))
+    with pytest.raises(ConfigError, match="in use by another run .process 1 on elsewhere"):
+        KINDS["scratch"].train(config_for(image_folder, other, epochs=1))
+    assert not (other / "split.json").exists()
+
+
+def test_a_sweep_folder_is_locked_too(image_folder, tmp_path):
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(json.dumps({"method": "random", "metric": {"name": "val_accuracy", "goal": "maximize"},
+                                 "parameters": {"dense_units": {"values": [8, 16]}}}))  # fmt: skip
+    with folder_lock(tmp_path / "out", "sweep"):
+        with pytest.raises(ConfigError, match="in use by another sweep"):
+            run_sweep(sweep, 1, {"data_dir": str(image_folder)}, tmp_path / "out")
+
+
+def test_a_run_killed_before_its_first_epoch_ended_runs_again(image_folder, tmp_path):
+    out = tmp_path / "run"
+    config = config_for(image_folder, out, epochs=2)
+    interrupted = dataclasses.replace(KINDS["scratch"], callbacks=lambda model: [Interrupt(at_epoch=0)])
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.train(config)
+    assert (out / "split.json").exists() and (out / "config.yaml").exists() and not (out / "backup").exists()
+    run_dir, metrics = KINDS["scratch"].train(config)
+    assert metrics["epochs_run"] == 2 and [int(r["epoch"]) for r in read_history(out / "history.csv")] == [1, 2]
+
+
+def test_a_wandb_error_or_missing_weights_leaves_a_folder_the_same_command_reuses(image_folder, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    config = config_for(image_folder, out, epochs=1)
+    real_start = tracking.start_run
+    monkeypatch.setattr(tracking, "start_run", lambda *a, **k: (_ for _ in ()).throw(ConfigError("W&B said no")))
+    with pytest.raises(ConfigError, match="W&B said no"):
+        KINDS["scratch"].train(config)
+    monkeypatch.setattr(tracking, "start_run", real_start)
+    failing = dataclasses.replace(KINDS["scratch"], build_model=lambda c, n: (_ for _ in ()).throw(ConfigError("no weights")))
+    with pytest.raises(ConfigError, match="no weights"):
+        failing.train(config)
+    _, metrics = KINDS["scratch"].train(config)
+    assert metrics["epochs_run"] == 1
+
+
+def test_a_run_resumed_after_its_last_epoch_writes_valid_json_with_every_processes_timings(image_folder, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    config = config_for(image_folder, out, epochs=2)
+    real = loop.evaluate_model
+    calls = []
+
+    def killed_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "evaluate_model", killed_once)
+    with pytest.raises(KeyboardInterrupt):
+        KINDS["scratch"].train(config)
+    KINDS["scratch"].train(config)  # trains nothing: every epoch is done
+
+    def refuse(constant):
+        raise ValueError(constant)
+
+    metrics = json.loads((out / "metrics.json").read_text(), parse_constant=refuse)
+    rows = read_history(out / "history.csv")
+    assert metrics["seconds_per_epoch"] == pytest.approx(float(rows[1]["epoch_seconds"]))
+    assert metrics["first_epoch_seconds"] == pytest.approx(float(rows[0]["epoch_seconds"]))
+    assert metrics["training_processes"] == 1 and metrics["train_seconds"] > 0
