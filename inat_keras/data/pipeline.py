@@ -79,12 +79,7 @@ def shards_of(split: Split, buffer: int, seed: int) -> list[Split]:
     """The split in about len/buffer disk-cached shards of random members (fixed by the seed)."""
     count = min(64, math.ceil(len(split) / buffer))
     order = np.random.default_rng(seed).permutation(len(split))
-    parts = [sorted(order[i::count]) for i in range(count)]
-    return [
-        Split([split.paths[j] for j in part], [split.labels[j] for j in part],
-              {split.paths[j]: split.orientations[split.paths[j]] for j in part if split.paths[j] in split.orientations})
-        for part in parts
-    ]  # fmt: skip
+    return [split.take(sorted(order[i::count])) for i in range(count)]
 
 
 def shard_epochs(shards, seed: int, epochs: tuple[int, int], batch_size: int, drop_remainder: bool, buffer: int):

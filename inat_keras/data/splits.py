@@ -43,6 +43,11 @@ class Split:
     def upright_codes(self) -> list[int]:
         return [self.orientations.get(p, 1) for p in self.paths]
 
+    def take(self, indices) -> Split:
+        """The members at `indices`, with their orientations."""
+        paths = [self.paths[i] for i in indices]
+        return Split(paths, [self.labels[i] for i in indices], {p: self.orientations[p] for p in paths if p in self.orientations})
+
 
 @dataclass
 class Splits:

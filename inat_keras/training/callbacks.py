@@ -115,19 +115,20 @@ class RunCheckpoint(keras.callbacks.ModelCheckpoint):
 
 
 class StagedBackupAndRestore(keras.callbacks.BackupAndRestore):
-    """BackupAndRestore for training in stages: one fit per stage, each compiled with a fresh Adam.
+    """BackupAndRestore for training in stages: one fit per stage, each compiled anew.
 
     Every fit restores the backup, as Keras intends: the weights equal those in memory and the epoch
-    count continues. The saved Adam state is restored only where it fits the current trainable set:
-    after an interruption inside a stage it does; at a stage's first epoch it belongs to the previous
-    stage's trainable set, Keras skips it (the warning is expected, so it is silenced here), and the
-    stage starts with a fresh Adam, with or without an interruption.
+    count continues. A carried Adam (optimizers.CarriedAdam) has the same variables in every stage, so
+    its state always restores. A fresh Adam per stage restores only where it fits the current trainable
+    set: after an interruption inside a stage it does; at a stage's first epoch the backup holds the
+    previous stage's, Keras skips it (the warning is expected, so it is silenced here), and the stage
+    starts with a fresh Adam, with or without an interruption. A backup killed while its first weights
+    were written (the epoch is recorded after them) is discarded: there is nothing to restore.
     """
 
     def on_train_begin(self, logs=None):
         incomplete = [Path(p) for p in (self._weights_path, self._prev_weights_path) if Path(p).exists()]
         if incomplete and not any(Path(p).exists() for p in (self._training_metadata_path, self._prev_training_metadata_path)):
-            # killed while writing the first backup (the epoch is recorded after the weights): nothing to restore
             for path in incomplete:
                 path.unlink()
         with warnings.catch_warnings():

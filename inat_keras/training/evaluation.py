@@ -63,8 +63,8 @@ def evaluate_model(model: keras.Model, test: Split, test_ds, class_names: list[s
     plot_confusion(labels, predicted, class_names, confusion_path)
     chosen = grid_indices(labels, seed)
     size, channels = image_shape(model)
-    codes = test.upright_codes()
-    images = load_images([test.paths[i] for i in chosen], size, channels, [codes[i] for i in chosen])
+    shown = test.take(chosen)
+    images = load_images(shown.paths, size, channels, shown.upright_codes())
     plot_predictions(
         images, labels[chosen], predicted[chosen], probabilities[chosen, predicted[chosen]], class_names, grid_path
     )

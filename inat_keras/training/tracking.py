@@ -84,12 +84,14 @@ def grouped(name: str):
 
 
 def start_run(config: dict, run_dir: Path, mode: str, project: str, group: str | None = None, resume_id: str | None = None):
-    """One W&B run per training run, written inside the run folder (offline runs sync later)."""
+    """One W&B run per training run, written inside the run folder (offline runs sync later).
+
+    `mode` is one that resolve_mode chose (the training loop resolves it once, before the run's folder exists).
+    """
     if wandb.run is not None and wandb.run.sweep_id:
         # A sweep agent started this run with the proposal (its keys are locked); a second init would end it.
         wandb.run.config.update({k: v for k, v in config.items() if k not in wandb.run.config})
         return wandb.run
-    mode = resolve_mode(mode)
     run = wandb.init(
         project=project,
         mode=mode,
