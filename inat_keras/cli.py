@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from .config import (
+    AUGMENT_PLACES,
     JIT_MODES,
     PRECISIONS,
     FinetuneConfig,
@@ -108,12 +109,20 @@ def cmd_predict(args) -> None:
         raise DataError(f"{len(unreadable)} of {len(args.images)} file(s) could not be read (listed above)")
 
 
+def cmd_tfds(args) -> None:
+    from .data.tfds_dataset import prepare
+
+    builder = prepare(args.tfds_dir, args.manual_dir)
+    counts = ", ".join(f"{name} {split.num_examples}" for name, split in builder.info.splits.items())
+    print(f"{builder.name} records: {builder.data_dir} ({counts}); train from them with --tfds-dir {args.tfds_dir or '~/tensorflow_datasets'}")
+
+
 def cmd_sweep(args) -> None:
     from .sweeps.launch import run_sweep
     from .sweeps.report import from_folder
 
-    overrides = {"data_dir": args.data_dir, "demo": args.demo or None, "epochs": args.epochs,
-                 "image_size": args.image_size}
+    overrides = {"data_dir": args.data_dir, "demo": args.demo or None, "tfds_dir": args.tfds_dir,
+                 "epochs": args.epochs, "image_size": args.image_size}
     mode, sweep_dir = run_sweep(args.config, args.count, overrides, args.output_dir, args.offline, args.sweep_id)
     if mode == "local":
         report_sweep(from_folder(sweep_dir), sweep_dir)
@@ -138,7 +147,7 @@ def cmd_bench(args) -> None:
 
     options = BenchOptions(args.model, args.image_size, args.batch_size, args.data_dir, args.steps, args.repeats,
                            args.images, tuple(args.parts.split(",")), args.precision, args.jit_compile,
-                           args.peak_tflops)  # fmt: skip
+                           args.peak_tflops, overrides={"augment_on": args.augment_on})  # fmt: skip
     report = run_bench(options)
     print(summary(report))
     if args.json:
@@ -200,12 +209,18 @@ def build_parser() -> argparse.ArgumentParser:
     data = sweep.add_mutually_exclusive_group()
     data.add_argument("--data-dir", help="dataset folder (default: iNaturalist-12K, fetched when missing)")
     data.add_argument("--demo", action="store_true", help="use the embedded demo data")
+    data.add_argument("--tfds-dir", help="TFDS data folder with prepared inaturalist12k records (run.py tfds)")
     sweep.add_argument("--epochs", type=int, help="epochs per trial (default: the run's YAML)")
     sweep.add_argument("--image-size", type=int, help="input size of every trial (default: the run's YAML)")
     sweep.add_argument("--output-dir", help="sweep folder: new, or a local sweep to resume (default runs/sweep-<time>)")
     sweep.add_argument("--offline", action="store_true", help="local search even when logged in to W&B")
     sweep.add_argument("--sweep-id", help="join this W&B sweep (ID or ENTITY/PROJECT/ID) as one more agent")
     sweep.set_defaults(func=cmd_sweep)
+
+    tfds_cmd = commands.add_parser("tfds", help="build iNaturalist-12K as TFDS records (tfds.load('inaturalist12k'))")
+    tfds_cmd.add_argument("--tfds-dir", help="TFDS data folder (default: TFDS's own, ~/tensorflow_datasets)")
+    tfds_cmd.add_argument("--manual-dir", help="an unzipped nature_12K.zip (holding inaturalist_12K/) to use instead of downloading")
+    tfds_cmd.set_defaults(func=cmd_tfds)
 
     sweep_report = commands.add_parser("sweep-report", help="ranked trials, best config, parameter importance, plots")
     sweep_report.add_argument("sweep", metavar="SWEEP_DIR_OR_ID", help="a local sweep folder or a W&B sweep id")
@@ -227,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--jit-compile", choices=JIT_MODES, default="auto", help="XLA for the TensorFlow step")
     bench.add_argument("--peak-tflops", type=float, default=0.0,
                        help="the device's dense peak TFLOP/s at this precision: adds model FLOP utilisation (MFU)")
+    bench.add_argument("--augment-on", choices=AUGMENT_PLACES, default="device",
+                       help="device: augmentation inside the timed training step and fit; host: in the tf.data pipeline")
     bench.add_argument("--json", help="also write every figure to this JSON file")
     bench.set_defaults(func=cmd_bench)
     return parser

@@ -46,13 +46,14 @@ BATCH_NORM_MODES = ("frozen", "study")
 CONV_DROPOUTS = ("channel", "element")
 INPUT_NORMS = ("imagenet", "none")
 CACHE_MODES = ("auto", "memory", "disk")
+AUGMENT_PLACES = ("device", "host")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 DISTRIBUTE_MODES = ("auto", "none", "data-parallel")
 JIT_MODES = ("auto", "on", "off")
 DEMO_SECTION = "demo_overrides"
 # Where a run's images come from and where its results go: the command chooses them, a configuration does not
 # (sweeps may not search them; a sweep's best configuration leaves them out).
-PLACE_OPTIONS = ("data_dir", "demo", "output_dir", "wandb", "wandb_project")
+PLACE_OPTIONS = ("data_dir", "demo", "tfds_dir", "output_dir", "wandb", "wandb_project")
 # Options that change how a run is carried out, not what it computes: an interrupted run resumes under other values.
 RESUME_NEUTRAL_OPTIONS = ("output_dir", "wandb", "epochs", "early_stopping", "steps_per_execution", "jit_compile", "cache")
 
@@ -67,9 +68,13 @@ class TrainConfig:
 
     data_dir: str | None = _doc("folder holding train/ and val/ (or inaturalist_12K/); fetched when missing", default=None)
     demo: bool = _doc("use the embedded demo data (scikit-learn's handwritten digits)", default=False)
+    tfds_dir: str | None = _doc("read iNaturalist-12K from the TFDS records prepared in this TFDS data folder "
+                                "(run.py tfds) instead of a folder of images", default=None)
     image_size: int = _doc("square input size in pixels (96 means 96x96)", default=224)
     augment: bool = _doc("augment the training split (never validation or test)", default=True)
     augmentation: str = _doc("preset: inat-keras (the four options below) or study (the study's transforms, fixed)", default="inat-keras")
+    augment_on: str = _doc("where augmentation runs: device (batched inside the compiled training step) or host "
+                           "(in the tf.data pipeline, on the CPU)", default="device")
     flip: bool = _doc("inat-keras preset: random horizontal flips", default=True)
     rotation: float = _doc("inat-keras preset: max rotation either way, as a fraction of a full turn (0 disables)", default=0.05)
     zoom: float = _doc("inat-keras preset: max zoom in or out, as a fraction of the size (0 disables)", default=0.1)
@@ -114,12 +119,13 @@ class TrainConfig:
         if self.early_stopping < 0:
             raise ConfigError(f"early_stopping is a patience in epochs (0 disables), got {self.early_stopping}")
         choices = {"wandb": WANDB_MODES, "precision": PRECISIONS, "distribute": DISTRIBUTE_MODES, "jit_compile": JIT_MODES,
-                   "augmentation": AUGMENTATIONS, "optimizer_state": OPTIMIZER_STATES, "cache": CACHE_MODES}  # fmt: skip
+                   "augmentation": AUGMENTATIONS, "augment_on": AUGMENT_PLACES, "optimizer_state": OPTIMIZER_STATES, "cache": CACHE_MODES}  # fmt: skip
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        if self.demo and self.data_dir:
-            raise ConfigError("give either --demo or --data-dir, not both")
+        sources = [name for name in ("demo", "data_dir", "tfds_dir") if getattr(self, name)]
+        if len(sources) > 1:
+            raise ConfigError(f"give one source of images, not {' and '.join('--' + n.replace('_', '-') for n in sources)}")
         if self.augmentation == "study":
             tuned = [name for name in ("flip", "rotation", "zoom", "color_jitter") if getattr(self, name) != _default(TrainConfig, name)]
             if tuned:

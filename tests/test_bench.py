@@ -32,9 +32,12 @@ def test_bench_measures_steps_pipeline_and_epochs(image_folder):
         assert len(r["repeats_images_per_second"]) == 2
         assert math.isclose(r["gflops_per_second"], r["images_per_second"] * flops_per_image / 1e9)
     assert report["train_images"] == 24 and report["val_images"] == 6  # 30 images, 20% held out
-    assert all(report["pipeline"][k] > 0 for k in ("first_pass_images_per_second", "cached_images_per_second",
-                                                     "augmented_images_per_second"))
+    kinds = ("first_pass", "cached", "augmented", "device_feed")
+    assert all(report["pipeline"][f"{k}_{unit}"] > 0 for k in kinds for unit in ("images_per_second", "cpu_ms_per_image"))
     assert 0 < report["fit"]["epoch_seconds"] and 0 < report["fit"]["first_epoch_seconds"]
+    assert report["fit"]["train_images_per_second"] > report["fit"]["images_per_second"]  # validation left out
+    assert math.isclose(report["fit"]["fraction_of_train_step"],
+                        report["fit"]["train_images_per_second"] / report["train"]["images_per_second"])  # fmt: skip
     assert report["matmul"]["size"] == 256 and report["matmul"]["gflops_per_second"] > 0
     assert math.isclose(report["train"]["fraction_of_matmul_rate"],
                         report["train"]["gflops_per_second"] / report["matmul"]["gflops_per_second"])  # fmt: skip

@@ -102,7 +102,7 @@ def test_a_disk_cached_split_shuffles_in_bounded_memory(tmp_path):
     keys = [sorted(map(bytes, epoch.astype(np.uint8))) for epoch in images]
     assert keys[0] == keys[1] and len(set(keys[0])) == len(splits.train)  # every image once per epoch
     assert not np.array_equal(images[0], images[1])  # in another order
-    from inat_keras.data.pipeline import shards_of
+    from inat_keras.data.cache import shards_of
 
     shards = shards_of(splits.train, 8, 0)
     assert len(shards) == 8 and sorted(p for s in shards for p in s.paths) == sorted(splits.train.paths)

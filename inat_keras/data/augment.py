@@ -1,10 +1,12 @@
-"""Training-time augmentation: one Keras data layer that runs in tf.data on the host, and the same code
-on the accelerator (`DataLayer` switches to TensorFlow ops inside tf.data and runs the active backend's
-ops elsewhere).
+"""Training-time augmentation: one Keras data layer whose code runs in tf.data on the host (`Augment`) or
+as the model's first layer, inside the compiled training step on the accelerator (`DeviceAugment`, the
+default: on a 2-4 core notebook host, augmenting in tf.data caps training far below what a GPU takes).
+`DataLayer` switches to TensorFlow ops inside tf.data and runs the active backend's ops elsewhere.
 
-Every random draw takes a stateless seed made of the run's seed and the batch's position in training
-(epoch, step), so that a resumed run continues with new draws instead of replaying its first epoch's,
-and every device count sees the same draws. Colour factors mean "up to j either way" around no change,
+Every random draw takes a stateless seed made of the run's seed and the batch's position in training:
+(epoch, step) from the pipeline on the host; on the device a step counter that the model saves with every
+backup. A resumed run so continues with new draws instead of replaying its first
+epoch's. Colour factors mean "up to j either way" around no change,
 as torchvision's ColorJitter: brightness, contrast and saturation multiply by a factor drawn from
 [1 - j, 1 + j], hue turns by up to h of the circle. Pixels stay in 0..255 (augmentation runs before
 normalisation, which is the model's first layer).
@@ -13,8 +15,9 @@ normalisation, which is the model's first layer).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
+import keras
 from keras.src.layers.preprocessing.data_layer import DataLayer  # Keras's own base for tf.data-safe layers
 
 from ..config import TrainConfig
@@ -54,6 +57,19 @@ def augment_spec(config: TrainConfig) -> AugmentSpec | None:
     if config.image_channels() == 1:
         spec = AugmentSpec(spec.horizontal_flip, spec.vertical_flip, spec.rotation, spec.zoom, blur_probability=spec.blur_probability)
     return spec if spec != AugmentSpec() else None
+
+
+def device_augment(config: TrainConfig) -> DeviceAugment | None:
+    """The layer that augments inside the model, when the config puts augmentation on the device."""
+    spec = augment_spec(config)
+    return DeviceAugment(spec, config.seed) if spec and config.augment_on == "device" else None
+
+
+def reflect(coordinate, size, np, b):
+    """Input coordinates mirrored about the outer pixel edges (-0.5 and size - 0.5), as Keras's "reflect" fill."""
+    size = b.cast(size, "float32")
+    t = np.mod(coordinate + 0.5, 2 * size)
+    return np.clip(np.where(t >= size, 2 * size - t, t) - 0.5, 0, size - 1)
 
 
 class Augment(DataLayer):
@@ -99,22 +115,38 @@ class Augment(DataLayer):
             import jax
             import jax.numpy as jnp
 
-            key = jnp.asarray(jnp.mod(jnp.asarray(seed, jnp.int64), 2**31 - 1), jnp.uint32)
+            key = jnp.mod(jnp.asarray(seed), 2**31 - 1).astype(jnp.uint32)
             return jax.random.uniform(key, shape, minval=low, maxval=high)
         raise ValueError(f"augmentation runs in tf.data or under the jax backend, not {self.backend._backend}")
 
     def rotate_and_zoom(self, images, angle, scale):
-        """One affine map per image about its centre, reflecting at the borders (output -> input)."""
+        """One affine map per image about its centre, sampled bilinearly, reflecting at the borders.
+
+        Written with gathers rather than `keras.ops.image.affine_transform`, whose TensorFlow kernel has no
+        XLA form: this one compiles inside the training step on both backends.
+        """
         b, np = self.backend, self.backend.numpy
-        height = b.cast(b.shape(images)[1], "float32")
-        width = b.cast(b.shape(images)[2], "float32")
-        cos, sin = np.cos(angle) / scale, np.sin(angle) / scale
-        cx, cy = (width - 1) / 2, (height - 1) / 2
-        zeros = np.zeros_like(cos)
-        transform = np.stack(
-            [cos, -sin, cx - cos * cx + sin * cy, sin, cos, cy - sin * cx - cos * cy, zeros, zeros], axis=1
-        )
-        return b.image.affine_transform(images, transform, interpolation="bilinear", fill_mode="reflect")
+        shape = b.shape(images)
+        batch, height, width = shape[0], shape[1], shape[2]
+        cos, sin = np.cos(angle) / scale, np.sin(angle) / scale  # output -> input: rotate back, unzoom
+        cy, cx = (b.cast(height, "float32") - 1) / 2, (b.cast(width, "float32") - 1) / 2
+        ys, xs = np.meshgrid(np.arange(height, dtype="float32") - cy, np.arange(width, dtype="float32") - cx, indexing="ij")
+        ys, xs = np.reshape(ys, (1, -1)), np.reshape(xs, (1, -1))
+        cos, sin = np.reshape(cos, (-1, 1)), np.reshape(sin, (-1, 1))
+        x_in = reflect(cos * xs - sin * ys + cx, width, np, b)
+        y_in = reflect(sin * xs + cos * ys + cy, height, np, b)
+        x0, y0 = np.floor(x_in), np.floor(y_in)
+        fx, fy = np.expand_dims(x_in - x0, -1), np.expand_dims(y_in - y0, -1)
+        x0, y0 = b.cast(x0, "int32"), b.cast(y0, "int32")
+        x1, y1 = np.minimum(x0 + 1, width - 1), np.minimum(y0 + 1, height - 1)
+        flat = np.reshape(images, (batch, -1, shape[3]))
+
+        def at(y, x):
+            return np.take_along_axis(flat, np.expand_dims(y * width + x, -1), axis=1)
+
+        top = at(y0, x0) * (1 - fx) + at(y0, x1) * fx
+        bottom = at(y1, x0) * (1 - fx) + at(y1, x1) * fx
+        return np.reshape(top * (1 - fy) + bottom * fy, shape)
 
     def jitter_colours(self, images, uniform):
         b, np, spec = self.backend, self.backend.numpy, self.spec
@@ -150,3 +182,48 @@ class Augment(DataLayer):
 
     def compute_output_shape(self, input_shape):
         return input_shape
+
+
+@keras.saving.register_keras_serializable(package="inat_keras")
+class DeviceAugment(Augment):
+    """Augment as a model layer: active in training calls only, so evaluate, predict and a saved model
+    see the identity. Each training step draws with the seed (run seed, step): a Keras SeedGenerator's
+    state, which the model saves and restores like its weights but does not count as parameters. Under
+    tf.distribute each replica adds its index, so that replicas draw different transforms."""
+
+    def __init__(self, spec: AugmentSpec | dict, seed: int, **kwargs):
+        super().__init__(AugmentSpec(**spec) if isinstance(spec, dict) else spec, **{"name": "augment", **kwargs})
+        self.seed = int(seed) % (2**31 - 1)
+        self.seed_generator = keras.random.SeedGenerator(self.seed, name="augment_seed")
+
+    @property
+    def steps(self):
+        """Training steps drawn so far."""
+        return self.seed_generator.state[1]
+
+    def call(self, images, training=None):
+        if not training:
+            return images
+        seed = self.backend.cast(self.seed_generator.next(), "int32")
+        return super().call(images, self.backend.numpy.add(seed, self.backend.numpy.stack([0, self.replica_offset()])))
+
+    def replica_offset(self):
+        if self.backend._backend != "tensorflow":
+            return 0  # under JAX one compiled step sees the whole global batch
+        import tensorflow as tf
+
+        context = tf.distribute.get_replica_context()
+        if context is None or context.num_replicas_in_sync == 1:
+            return 0
+        return tf.cast(context.replica_id_in_sync_group, tf.int32) * 1_000_003
+
+    def save_own_variables(self, store):
+        """Keras saves no seed-generator state; this one goes into checkpoints and backups, so that a
+        resumed run continues the draws."""
+        store["0"] = keras.ops.convert_to_numpy(self.seed_generator.state)
+
+    def load_own_variables(self, store):
+        self.seed_generator.state.assign(store["0"][...])
+
+    def get_config(self):
+        return {**super().get_config(), "spec": asdict(self.spec), "seed": self.seed}

@@ -1,13 +1,18 @@
 """The project's cache folder and the decoded-image cache: each split decoded once, in memory or on disk.
 
-A disk cache is named by everything that makes its images (decoder, size, channels, every file's path,
-label, size and modification time), so a changed file or decoder never reuses old pixels.
+The decode that fills the cache is also the check that finds unreadable files (one pass, at the reduced
+JPEG ratio): files that fail leave the split with their decoder's reason, and the images of the others
+are kept for every later epoch. A disk cache is named by everything that makes its images (decoder, size,
+channels, every file's path, label, size and modification time), so a changed file or decoder never
+reuses old pixels; the members a listed split kept are recorded beside it, so a later run decodes nothing.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import math
 import os
 from pathlib import Path
 
@@ -15,13 +20,15 @@ import numpy as np
 import tensorflow as tf
 
 from ..config import CACHE_MODES
-from ..files import publish_dir, remove_abandoned, staging_dir
+from ..errors import DataError
+from ..files import publish_dir, remove_abandoned, staging_dir, write_text
+from .decode import decode_resize, unreadable_reason
 
 log = logging.getLogger(__name__)
 
 CACHE_HOME = Path(os.environ.get("INAT_KERAS_CACHE", Path.home() / ".cache" / "inat_keras"))
 MEMORY_FRACTION = 0.25  # of the available memory, per split (a run caches train, validation and test)
-DECODER = "decode-2"  # in every disk-cache key: decoding differently must not reuse old images (2: EXIF, alpha)
+DECODER = "decode-3"  # in every disk-cache key: decoding differently must not reuse old images (2: EXIF, alpha; 3: indexed members)
 
 
 def file_key(path: str) -> str:
@@ -42,27 +49,116 @@ def available_memory() -> int:
 
 def cache_key(split, image_size: int, channels: int) -> str:
     """Names one split's decoded images: decoder, size, channels, and every file's path, label, size and mtime."""
-    digest = hashlib.sha1(f"{DECODER}|{image_size}|{channels}".encode())
+    source = getattr(split, "source", None)
+    digest = hashlib.sha1(f"{DECODER}|{image_size}|{channels}|{source.identity() if source else ''}".encode())
     for path, label, orientation in zip(split.paths, split.labels, split.upright_codes()):
-        digest.update(f"\n{label}|{orientation}|{file_key(path)}".encode())
+        digest.update(f"\n{label}|{orientation}|{path if source else file_key(path)}".encode())
     return f"{image_size}x{image_size}x{channels}-{digest.hexdigest()[:20]}"
 
 
-def fill_disk_cache(decoded: tf.data.Dataset, folder: Path) -> str:
-    """Write the decoded split once and return the cache's file prefix.
+def tagged(split, image_size: int, channels: int) -> tf.data.Dataset:
+    """(index in the split, image, label) of every member that decodes; the failures are left out."""
+    if getattr(split, "source", None):
+        return split.source.tagged(split, image_size, channels).ignore_errors()
+    ds = tf.data.Dataset.from_tensor_slices(
+        (np.arange(len(split)), split.paths, np.asarray(split.labels, "int32"), np.asarray(split.upright_codes(), "int32"))
+    )
+    ds = ds.map(lambda i, p, y, o: (i, decode_resize(p, image_size, channels, o), y), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.ignore_errors()
 
-    The cache is written into a private folder that is renamed to `folder` only after the last image,
-    so `folder` exists only complete: an interrupted fill is never read back, and the next run refills.
-    """
-    prefix = str(folder / "images")
-    if folder.is_dir():
-        return prefix
+
+def _members(cached: tf.data.Dataset) -> list[int]:
+    """Read a cache-filling dataset to its end (which completes the cache): the indices that came through."""
+    indices = cached.map(lambda i, x, y: i).batch(4096)
+    return [int(i) for batch in indices.as_numpy_iterator() for i in batch]
+
+
+_MEMORY: dict[str, tuple[tf.data.Dataset, list[int]]] = {}  # this process's filled memory caches, by cache key
+
+
+def _keep_in_memory(key: str, cached: tf.data.Dataset, members: list[int]) -> None:
+    """One image geometry at a time: a sweep over image sizes must not pile up caches."""
+    geometry = key.split("-", 1)[0]
+    for other in [k for k in _MEMORY if not k.startswith(geometry + "-")]:
+        del _MEMORY[other]
+    _MEMORY[key] = (cached, members)
+
+
+def _disk_folder(key: str) -> Path:
+    return CACHE_HOME / "decoded" / key
+
+
+def _fill_disk(split, image_size: int, channels: int, folder: Path) -> None:
+    """Write the decoded split and its member list into a private folder renamed to `folder` only once
+    complete: an interrupted fill is never read back, and the next run refills."""
     remove_abandoned(folder)
     partial = staging_dir(folder)
-    log.info("decoding %s once into the disk cache", folder.name)
-    decoded.cache(str(partial / "images")).reduce(np.int64(0), lambda n, _: n + 1)
+    log.info("decoding %d images once into the disk cache %s", len(split), folder.name)
+    members = _members(tagged(split, image_size, channels).cache(str(partial / "images")))
+    write_text(partial / "members.json", json.dumps(members))
     publish_dir(partial, folder)
-    return prefix
+
+
+def decode_once(split, image_size: int, channels: int, mode: str):
+    """Decode a split into its cache (memory or disk), if not done before: (the members that decoded, as a
+    split, and the others with their reasons). The kept split's own key then finds the same cache."""
+    key = cache_key(split, image_size, channels)
+    if mode == "memory":
+        if key not in _MEMORY:
+            cached = tagged(split, image_size, channels).cache()
+            _keep_in_memory(key, cached, _members(cached))
+        cached, members = _MEMORY[key]
+    else:
+        folder = _disk_folder(key)
+        link = folder.with_suffix(".link")
+        if link.is_file():
+            folder = _disk_folder(link.read_text().strip())
+        if not (folder / "members.json").is_file():
+            _fill_disk(split, image_size, channels, folder)
+        members = json.loads((folder / "members.json").read_text())
+    if len(members) == len(split):
+        return split, []
+    lost = sorted(set(range(len(split))) - set(members))
+    bad = [(split.paths[i], unreadable_reason(split.paths[i]) or "could not be decoded") for i in lost]
+    kept = split.take(members)
+    kept_key = cache_key(kept, image_size, channels)
+    if mode == "memory":
+        _keep_in_memory(kept_key, cached, list(range(len(kept))))
+    elif not _disk_folder(kept_key).is_dir():
+        write_text(_disk_folder(kept_key).with_suffix(".link"), folder.name)
+    return kept, bad
+
+
+def cached_images(split, image_size: int, channels: int, mode: str) -> tf.data.Dataset:
+    """(image, label) of a split, read from its cache (decoded now if it is not there yet). Every member
+    must decode: the split was checked when it was made, so a failure now means the file changed."""
+    kept, bad = decode_once(split, image_size, channels, mode)
+    if bad:
+        path, reason = bad[0]
+        raise DataError(f"{len(bad)} image(s) of the split can no longer be decoded, e.g. {path}: {reason}")
+    key = cache_key(split, image_size, channels)
+    if mode == "memory":
+        cached = _MEMORY[key][0]
+    else:
+        folder = _disk_folder(key)
+        link = folder.with_suffix(".link")
+        folder = _disk_folder(link.read_text().strip()) if link.is_file() else folder
+        cached = tagged(split, image_size, channels).cache(str(folder / "images"))  # reads the cache, decodes nothing
+    return cached.map(lambda i, x, y: (x, y))
+
+
+def cache_units(split, mode: str, buffer: int, seed: int) -> list:
+    """How a training split is cached: whole, or in shards when it is on disk and larger than the buffer."""
+    return shards_of(split, buffer, seed) if mode == "disk" and len(split) > buffer else [split]
+
+
+def shards_of(split, buffer: int, seed: int) -> list:
+    """The split in about len/buffer disk-cached shards, each member's shard fixed by its path and the
+    seed: dropping an unreadable file moves no other file to another shard."""
+    count = min(64, math.ceil(len(split) / buffer))
+    shard = [int(hashlib.sha1(f"{seed}|{p}".encode()).hexdigest()[:8], 16) % count for p in split.paths]
+    parts = [[i for i, s in enumerate(shard) if s == k] for k in range(count)]
+    return [split.take(part) for part in parts if part]
 
 
 def cache_mode(split, image_size: int, channels: int, mode: str) -> str:
@@ -73,10 +169,3 @@ def cache_mode(split, image_size: int, channels: int, mode: str) -> str:
         needed = len(split) * image_size * image_size * channels
         mode = "memory" if needed <= MEMORY_FRACTION * available_memory() else "disk"
     return mode
-
-
-def cache_decoded(decoded: tf.data.Dataset, split, image_size: int, channels: int, mode: str) -> tf.data.Dataset:
-    """Keep the resized images after their first decode: in memory if they fit, else on disk."""
-    if cache_mode(split, image_size, channels, mode) == "memory":
-        return decoded.cache()
-    return decoded.cache(fill_disk_cache(decoded, CACHE_HOME / "decoded" / cache_key(split, image_size, channels)))

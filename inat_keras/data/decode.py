@@ -9,6 +9,8 @@ whatever colours its invisible pixels held. JPEGs are decoded at the reduced rat
 
 from __future__ import annotations
 
+import re
+
 import tensorflow as tf
 from PIL import Image
 
@@ -95,8 +97,28 @@ def decode_rgb(contents: tf.Tensor, image_size: int, orientation=1) -> tf.Tensor
 
 def decode_resize(path: tf.Tensor, image_size: int, channels: int, orientation=1) -> tf.Tensor:
     """A file -> upright RGB or gray, squashed to image_size, uint8."""
-    image = decode_rgb(tf.io.read_file(path), image_size, orientation)
+    return squashed(decode_rgb(tf.io.read_file(path), image_size, orientation), image_size, channels)
+
+
+def squashed(image: tf.Tensor, image_size: int, channels: int) -> tf.Tensor:
+    """Upright RGB uint8 -> gray if asked, resized (antialiased) to a square of image_size, uint8."""
     if channels == 1:
         image = tf.image.rgb_to_grayscale(image)
     image = tf.image.resize(image, (image_size, image_size), antialias=True)
     return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+
+
+def unreadable_reason(path: str) -> str | None:
+    """Why the pipeline's decoder or the EXIF reader cannot use a file, in one line; None when both can."""
+    try:
+        image = decode_rgb(tf.io.read_file(path), 1)
+        if image.shape[0] < 1 or image.shape[1] < 1:
+            return "empty image"
+        exif_orientation(path)
+        return None
+    except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError, tf.errors.UnknownError) as err:
+        message = re.sub(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:.*$", "", err.message.splitlines()[0])
+        return message.strip()[:200]
+    except (OSError, ValueError, SyntaxError) as err:  # PIL cannot read a header that TensorFlow decoded
+        return f"unreadable header: {err}"[:200]
+

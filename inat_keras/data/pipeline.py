@@ -1,4 +1,4 @@
-"""Decoded images to batches: decode (data.decode), cache, shuffle per epoch, augment, batch.
+"""Decoded images to batches: read the cache (data.cache), shuffle per epoch, [augment on the host], batch.
 
 The same pipeline feeds both backends. Images leave it as float32 pixels in 0..255; normalisation is
 the model's first layer, so augmentation always runs before it and saved models accept raw pixels.
@@ -13,9 +13,9 @@ import tensorflow as tf
 
 from ..config import TrainConfig
 from .augment import Augment, augment_spec
-from .cache import cache_decoded, cache_mode
-from .decode import decode_resize
+from .cache import cache_mode, cache_units, cached_images
 from .splits import Split
+
 
 def make_dataset(
     split: Split,
@@ -42,13 +42,14 @@ def make_dataset(
     channels = channels or config.image_channels()
     size, mode = config.image_size, cache_mode(split, config.image_size, channels, cache or config.cache)
     if training:
-        if mode == "disk" and len(split) > config.shuffle_buffer:
-            shards = [decoded(part, size, channels, mode) for part in shards_of(split, config.shuffle_buffer, config.seed)]
+        units = cache_units(split, mode, config.shuffle_buffer, config.seed)
+        if len(units) > 1:
+            shards = [cached_images(part, size, channels, mode) for part in units]
             ds = shard_epochs(shards, config.seed, epochs, batch_size, even_batches, config.shuffle_buffer)
         else:
-            ds = decoded(split, size, channels, mode)
+            ds = cached_images(split, size, channels, mode)
             ds = shuffled_epochs(ds, len(split), config.seed, epochs, batch_size, even_batches)
-        spec = augment_spec(config)
+        spec = augment_spec(config) if config.augment_on == "host" else None  # else the model's DeviceAugment
         augment = Augment(spec) if spec else None
 
         def to_float(x, y, seed):
@@ -57,29 +58,13 @@ def make_dataset(
 
         ds = ds.map(to_float, num_parallel_calls=tf.data.AUTOTUNE)
     else:
-        ds = decoded(split, size, channels, mode)
+        ds = cached_images(split, size, channels, mode)
         if even_batches:
             ds = padded(ds, len(split), batch_size, (size, size, channels)).batch(batch_size, drop_remainder=True)
         else:
             ds = ds.batch(batch_size)
         ds = ds.map(lambda x, *rest: (tf.cast(x, tf.float32), *rest), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
-
-
-def decoded(split: Split, size: int, channels: int, mode: str) -> tf.data.Dataset:
-    """(image, label) of a split, decoded in parallel once and then read from the cache (`mode`)."""
-    ds = tf.data.Dataset.from_tensor_slices(
-        (split.paths, np.asarray(split.labels, dtype="int32"), np.asarray(split.upright_codes(), dtype="int32"))
-    )
-    ds = ds.map(lambda p, y, o: (decode_resize(p, size, channels, o), y), num_parallel_calls=tf.data.AUTOTUNE)
-    return cache_decoded(ds, split, size, channels, mode)
-
-
-def shards_of(split: Split, buffer: int, seed: int) -> list[Split]:
-    """The split in about len/buffer disk-cached shards of random members (fixed by the seed)."""
-    count = min(64, math.ceil(len(split) / buffer))
-    order = np.random.default_rng(seed).permutation(len(split))
-    return [split.take(sorted(order[i::count])) for i in range(count)]
 
 
 def shard_epochs(shards, seed: int, epochs: tuple[int, int], batch_size: int, drop_remainder: bool, buffer: int):

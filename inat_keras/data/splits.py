@@ -5,24 +5,21 @@ and the record of a split that a run saves."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import os
-import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import tensorflow as tf
 from sklearn.model_selection import train_test_split
 
 from ..errors import DataError
 from ..files import write_text
-from .cache import CACHE_HOME, file_key
-from .decode import IMAGE_EXTENSIONS, decode_rgb, exif_orientation
+from ..config import TrainConfig
+from .cache import cache_mode, cache_units, decode_once
+from .decode import IMAGE_EXTENSIONS, exif_orientation, unreadable_reason
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +33,7 @@ class Split:
     paths: list[str]
     labels: list[int]
     orientations: dict[str, int] = field(default_factory=dict)  # EXIF orientation of the paths not upright (1)
+    source: object | None = None  # where the bytes are when not in files (data.tfds_source.TfdsSource)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -46,7 +44,8 @@ class Split:
     def take(self, indices) -> Split:
         """The members at `indices`, with their orientations."""
         paths = [self.paths[i] for i in indices]
-        return Split(paths, [self.labels[i] for i in indices], {p: self.orientations[p] for p in paths if p in self.orientations})
+        turned = {p: self.orientations[p] for p in paths if p in self.orientations}
+        return Split(paths, [self.labels[i] for i in indices], turned, self.source)
 
 
 @dataclass
@@ -76,6 +75,7 @@ class Splits:
                 for part in (self.train, self.val, self.test)
                 for p, o in part.orientations.items()
             },
+            **({"source": self.train.source.describe()} if self.train.source else {}),
         }
 
 
@@ -136,41 +136,27 @@ def list_folder(folder: Path) -> Listing:
     return Listing(class_names, paths, labels, sorted(unsupported), ignored)
 
 
-def _check_one(path: str) -> tuple[str | None, int]:
-    """(why it cannot be used, or None; its EXIF orientation), with the pipeline's own decoder."""
+def _read_header(path: str) -> tuple[bool, int]:
+    """(whether the header reads, the EXIF orientation): no pixels are decoded here."""
     try:
-        image = decode_rgb(tf.io.read_file(path), 1)
-        if image.shape[0] < 1 or image.shape[1] < 1:
-            return "empty image", 1
-        return None, exif_orientation(path)
-    except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError, tf.errors.UnknownError) as err:
-        message = re.sub(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:.*$", "", err.message.splitlines()[0])
-        return message.strip()[:200], 1
-    except (OSError, ValueError, SyntaxError) as err:  # PIL cannot read a header that TensorFlow decoded
-        return f"unreadable header: {err}"[:200], 1
+        return True, exif_orientation(path)
+    except (OSError, ValueError, SyntaxError):
+        return False, 1
 
 
-def scan_images(paths: list[str]) -> tuple[list[tuple[str, str]], dict[str, int]]:
-    """Decode every file once; returns the unreadable ones with their reasons and the EXIF orientations
-    that are not upright. Good files are remembered by path, size and mtime, with their orientation."""
-    cache_file = CACHE_HOME / "checked" / (hashlib.sha1("\n".join(sorted(paths)).encode()).hexdigest() + ".json")
-    known = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
-    known = known if isinstance(known, dict) else {}
-    keys = {p: file_key(p) for p in paths}
-    todo = [p for p in paths if keys[p] not in known]
+def read_headers(paths: list[str]) -> tuple[list[tuple[str, str]], dict[str, int]]:
+    """The files whose header cannot be read, with their reasons, and the EXIF orientations that are not
+    upright. Pixels are decoded once, later, by the cache (data.cache.decode_once)."""
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        results = dict(zip(todo, pool.map(_check_one, todo)))
-    bad = [(p, reason) for p, (reason, _) in results.items() if reason]
-    good = {**known, **{keys[p]: orientation for p, (reason, orientation) in results.items() if not reason}}
-    if todo:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        write_text(cache_file, json.dumps(good))
-    orientations = {p: good[keys[p]] for p in paths if good.get(keys[p], 1) != 1}
-    return sorted(bad), orientations
+        results = dict(zip(paths, pool.map(_read_header, paths)))
+    bad = [(p, unreadable_reason(p) or "unreadable header") for p, (ok, _) in results.items() if not ok]
+    return sorted(bad), {p: o for p, (ok, o) in results.items() if ok and o != 1}
 
 
 def find_unreadable(paths: list[str]) -> list[tuple[str, str]]:
-    return scan_images(paths)[0]
+    """Every file that cannot be used, with its reason (a full check, for a few files such as predict's)."""
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        return [(p, r) for p, r in zip(paths, pool.map(unreadable_reason, paths)) if r]
 
 
 def _drop(paths, labels, bad_paths):
@@ -178,43 +164,77 @@ def _drop(paths, labels, bad_paths):
     return [p for p, _ in kept], [y for _, y in kept]
 
 
-def load_splits(root: Path, val_fraction: float, seed: int) -> Splits:
-    """train/ -> stratified train/validation (none when val_fraction is 0); val/ is only the test set."""
+def load_splits(root: Path, val_fraction: float, seed: int, config: TrainConfig | None = None) -> Splits:
+    """train/ -> stratified train/validation (none when val_fraction is 0); val/ is only the test set.
+
+    The split is made from every file whose header reads; each part is then decoded once into the cache
+    at the config's image size (the defaults' without one), and the files that do not decode leave it.
+    So the same files give the same split whether or not their failures are already known."""
     train, test = list_folder(root / TRAIN_DIR), list_folder(root / TEST_DIR)
-    class_names = train.class_names
-    if test.class_names != class_names:
+    if test.class_names != train.class_names:
         raise DataError(
             f"the test set's classes differ from train's: only in {TRAIN_DIR}/: "
-            f"{sorted(set(class_names) - set(test.class_names)) or 'none'}; only in {TEST_DIR}/: "
-            f"{sorted(set(test.class_names) - set(class_names)) or 'none'}"
+            f"{sorted(set(train.class_names) - set(test.class_names)) or 'none'}; only in {TEST_DIR}/: "
+            f"{sorted(set(test.class_names) - set(train.class_names)) or 'none'}"
         )
-    unreadable, orientations = scan_images(train.paths + test.paths)
-    skipped = sorted(train.unsupported + test.unsupported + unreadable)
+    unreadable, orientations = read_headers(train.paths + test.paths)
+    skipped = train.unsupported + test.unsupported + unreadable
     bad = {p for p, _ in skipped}
-    train_paths, train_labels = _drop(train.paths, train.labels, bad)
-    test_paths, test_labels = _drop(test.paths, test.labels, bad)
-    if skipped:
-        names = "\n  ".join(f"{p}: {reason}" for p, reason in skipped)
-        log.warning("skipped %d unreadable image(s) or unsupported file(s):\n  %s", len(skipped), names)
-    log.info("%s: %d training and %d test images in %d classes; %d skipped, %d hidden or non-image file(s) ignored",
-             root, len(train_paths), len(test_paths), len(class_names), len(skipped), train.ignored + test.ignored)  # fmt: skip
-    counts = np.bincount(train_labels, minlength=len(class_names))
+    train_part, test_part = (Split(*_drop(part.paths, part.labels, bad)) for part in (train, test))
+    for part in (train_part, test_part):
+        part.orientations.update({p: orientations[p] for p in part.paths if p in orientations})
+    return split_and_decode(root, train.class_names, train_part, test_part, skipped, train.ignored + test.ignored,
+                            val_fraction, seed, config)  # fmt: skip
+
+
+def split_and_decode(root: Path, class_names: list[str], train: Split, test: Split, skipped: list, ignored: int,
+                     val_fraction: float, seed: int, config: TrainConfig | None) -> Splits:  # fmt: skip
+    """The part of making a split that every source shares: stratify train into train and validation,
+    decode each part once (dropping what fails), report what was left out. Members are drawn by file name,
+    and parts keep the listing's order (a TFDS source reads its records in that order)."""
+    counts = np.bincount(train.labels, minlength=len(class_names))
     if counts.min() < 2:
         empty = [class_names[i] for i in np.flatnonzero(counts < 2)]
         raise DataError(f"{root / TRAIN_DIR}: class(es) {', '.join(empty)} have fewer than 2 readable images")
     if val_fraction:
-        check_stratifiable(root, len(train_paths), len(class_names), val_fraction)
-        fit_paths, val_paths, fit_labels, val_labels = train_test_split(
-            train_paths, train_labels, test_size=val_fraction, stratify=train_labels, random_state=seed
-        )
+        check_stratifiable(root, len(train), len(class_names), val_fraction)
+        by_name = sorted(range(len(train)), key=lambda i: train.paths[i])  # the same split for any listing order
+        fit, held_out = train_test_split(np.asarray(by_name), test_size=val_fraction, random_state=seed,
+                                         stratify=[train.labels[i] for i in by_name])  # fmt: skip
     else:  # retraining a chosen configuration on all of train/
-        fit_paths, val_paths, fit_labels, val_labels = train_paths, [], train_labels, []
+        fit, held_out = np.arange(len(train)), np.arange(0)
+    skipped = list(skipped)
 
-    def part(paths, labels):
-        return Split(list(paths), [int(y) for y in labels], {p: orientations[p] for p in paths if p in orientations})
+    def decoded(part: Split, training=False) -> Split:
+        kept, failed = decode_part(part, config or TrainConfig(), training)
+        skipped.extend(failed)
+        return kept
 
-    return Splits(root, class_names, part(fit_paths, fit_labels), part(val_paths, val_labels),
-                  part(test_paths, test_labels), skipped, train.ignored + test.ignored)  # fmt: skip
+    parts = decoded(train.take(sorted(fit)), True), decoded(train.take(sorted(held_out))), decoded(test)
+    skipped.sort()
+    if skipped:
+        names = "\n  ".join(f"{p}: {reason}" for p, reason in skipped)
+        log.warning("skipped %d unreadable image(s) or unsupported file(s):\n  %s", len(skipped), names)
+    log.info("%s: %d training and %d test images in %d classes; %d skipped, %d hidden or non-image file(s) ignored",
+             root, len(parts[0]) + len(parts[1]), len(parts[2]), len(class_names), len(skipped), ignored)  # fmt: skip
+    counts = np.bincount(parts[0].labels, minlength=len(class_names))
+    if counts.min() < 1:
+        empty = [class_names[i] for i in np.flatnonzero(counts < 1)]
+        raise DataError(f"{root / TRAIN_DIR}: class(es) {', '.join(empty)} have no training image that decodes")
+    return Splits(root, class_names, *parts, skipped, ignored)
+
+
+def decode_part(split: Split, config: TrainConfig, training: bool) -> tuple[Split, list[tuple[str, str]]]:
+    """Decode a part once into the cache that training will read (a disk-cached training part in the
+    shards the pipeline reads): the members that decoded, and the others with their reasons."""
+    if not len(split):
+        return split, []
+    channels, size = config.image_channels(), config.image_size
+    mode = cache_mode(split, size, channels, config.cache)
+    units = cache_units(split, mode, config.shuffle_buffer, config.seed) if training else [split]
+    results = [decode_once(unit, size, channels, mode) for unit in units]
+    kept = {p for unit, _ in results for p in unit.paths}
+    return split.take([i for i, p in enumerate(split.paths) if p in kept]), [b for _, bad in results for b in bad]
 
 
 def check_stratifiable(root: Path, images: int, classes: int, val_fraction: float) -> None:
@@ -237,14 +257,19 @@ def splits_from_record(record: dict) -> Splits:
     names = record["class_names"]
 
     turned = record.get("orientation", {})
+    source = None
+    if "source" in record:  # records of a TFDS dataset (imported here: that module builds on this one)
+        from .tfds_source import TfdsSource
+
+        source = TfdsSource.from_record(record["source"])
 
     def part(rel_paths):
         paths = [str(root / p) for p in rel_paths]
-        missing = [p for p in paths if not os.path.exists(p)]
+        missing = [] if source else [p for p in paths if not os.path.exists(p)]
         if missing:
             raise DataError(f"{len(missing)} file(s) of the saved split are gone, e.g. {missing[0]}")
         labels = [names.index(Path(p).parts[1]) for p in rel_paths]  # <split>/<class>/[folders/]file
-        return Split(paths, labels, {str(root / p): turned[p] for p in rel_paths if p in turned})
+        return Split(paths, labels, {str(root / p): turned[p] for p in rel_paths if p in turned}, source)
 
     skipped = [(str(root / s["path"]), s["reason"]) for s in record.get("skipped", [])]
     return Splits(root, names, part(record["train"]), part(record["val"]), part(record["test"]), skipped)

@@ -56,11 +56,13 @@ def imagenet_normalisation(channels: int) -> layers.Rescaling:
     return layers.Rescaling([1 / (255 * s) for s in std], [-m / s for m, s in zip(mean, std)], name="normalise")
 
 
-def build_cnn(config: ScratchConfig, num_classes: int) -> keras.Model:
+def build_cnn(config: ScratchConfig, num_classes: int, augment: layers.Layer | None = None) -> keras.Model:
+    """`augment`: a layer on raw pixels, before normalisation, that acts in training only."""
     config.validate()
     check_geometry(config.image_size, config.kernel_sizes)
     inputs = keras.Input((config.image_size, config.image_size, config.channels), name="image")
-    x = imagenet_normalisation(config.channels)(inputs) if config.input_norm == "imagenet" else inputs
+    x = augment(inputs) if augment else inputs
+    x = imagenet_normalisation(config.channels)(x) if config.input_norm == "imagenet" else x
     conv_dropout = layers.SpatialDropout2D if config.conv_dropout == "channel" else layers.Dropout
     for i, (filters, kernel) in enumerate(zip(config.filters, config.kernel_sizes), start=1):
         x = layers.Conv2D(filters, kernel, padding="valid", name=f"block{i}_conv")(x)

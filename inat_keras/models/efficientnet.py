@@ -159,13 +159,14 @@ def load_weights(backbone: keras.Model, weights: str) -> tuple[float, float]:
     return OFFICIAL_SCALING
 
 
-def build_finetune_model(config: FinetuneConfig, num_classes: int) -> keras.Model:
-    """Raw pixels -> scaling the weights expect -> backbone -> average pool -> dropout -> float32 logits."""
+def build_finetune_model(config: FinetuneConfig, num_classes: int, augment: layers.Layer | None = None) -> keras.Model:
+    """Raw pixels -> [augment, training only] -> scaling the weights expect -> backbone -> average pool ->
+    dropout -> float32 logits."""
     config.validate()
     backbone = build_backbone(config.image_size)
     scale, offset = load_weights(backbone, config.weights)
     inputs = keras.Input((config.image_size, config.image_size, 3), name="image")
-    x = layers.Rescaling(scale, offset, name=PREPROCESS)(inputs)
+    x = layers.Rescaling(scale, offset, name=PREPROCESS)(augment(inputs) if augment else inputs)
     x = backbone(x)
     x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
     x = layers.Dropout(config.head_dropout, name="head_dropout")(x)

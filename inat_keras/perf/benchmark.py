@@ -26,6 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from ..config import FinetuneConfig, ScratchConfig, TrainConfig, load_config, shipped_config
+from ..data.augment import augment_spec, device_augment
 from ..data.pipeline import make_dataset, steps_per_epoch
 from ..data.splits import dataset_root, load_splits
 from ..data.synthetic import cached_photo_folder
@@ -69,8 +70,9 @@ def model_config(options: BenchOptions) -> TrainConfig:
 
 def build_model(options: BenchOptions, config: TrainConfig, num_classes: int) -> tuple[keras.Model, float]:
     """The model and its forward FLOPs per image."""
+    augment = device_augment(config)  # inside the step, as in training (None with augment_on: host)
     if options.model == "efficientnet":
-        model = build_finetune_model(config, num_classes)
+        model = build_finetune_model(config, num_classes, augment)
         # keras-cv's fused blocks hold squeeze-excite and batch-norm layers that they never call. While a
         # layer is unbuilt, train_on_batch and predict_on_batch trace the model eagerly on every call
         # (fit does it once): marked built here, they are not measured (nothing is saved from this model).
@@ -78,7 +80,7 @@ def build_model(options: BenchOptions, config: TrainConfig, num_classes: int) ->
             if not layer.built and not layer.weights:
                 layer.built = True
         return model, compiled_forward_flops(model, config.image_size)
-    model = build_cnn(config, num_classes)
+    model = build_cnn(config, num_classes, augment)
     return model, float(model_flops(model))
 
 
@@ -161,37 +163,60 @@ def bench_matmul(options: BenchOptions) -> dict:
     return {"gflops_per_second": 2 * n**3 * timed["images_per_second"] / 1e9, "size": n}
 
 
-def _passes(dataset, options: BenchOptions) -> list[float]:
-    """Seconds of each full pass: the first decodes and fills the cache, the others read it."""
-    seconds = []
-    for _ in range(1 + options.repeats):
-        start = time.perf_counter()
+class TrainingTimer(EpochTimer):
+    """Also times each epoch's training alone, up to its validation: the figure to set beside the bare step."""
+
+    def __init__(self, images_per_epoch: int):
+        super().__init__(images_per_epoch)
+        self.train_seconds: list[float] = []
+
+    def on_test_begin(self, logs=None):
+        self.train_seconds.append(time.perf_counter() - self._start)
+
+
+def _passes(dataset, options: BenchOptions) -> tuple[float, float]:
+    """(wall, CPU) seconds of a full pass over a dataset whose images are already cached: medians of `repeats`."""
+    walls, cpus = [], []
+    for _ in range(options.repeats):
+        cpu, start = _cpu_seconds(), time.perf_counter()
         for _ in dataset:
             pass
-        seconds.append(time.perf_counter() - start)
-    return seconds
+        walls.append(time.perf_counter() - start)
+        cpus.append(_cpu_seconds() - cpu)
+    return statistics.median(walls), statistics.median(cpus)
+
+
+def _rates(name: str, images: int, wall: float, cpu: float) -> dict:
+    return {f"{name}_images_per_second": images / wall, f"{name}_cpu_ms_per_image": 1000 * cpu / images}
 
 
 def bench_data(model: keras.Model, config: TrainConfig, options: BenchOptions, root: Path) -> dict:
-    """Input pipeline passes over validation images (first decodes, later ones read the cache) and over
-    training images (augmented from the cache), then a real fit: the first epoch decodes, the median of the
-    `repeats` later ones is the steady state (validation included, as in a training run)."""
-    splits = load_splits(root, config.val_fraction, config.seed)
+    """The input pipeline's kinds of pass, in images/s and CPU-ms per image: the first (headers read, every
+    image decoded once into the memory cache), cached passes, cached training batches augmented on the host,
+    and cached training batches as they feed augmentation on the device. Then a real fit: the first epoch
+    compiles, the median of the `repeats` later ones is the steady state (validation included)."""
+    config = dataclasses.replace(config, cache="memory")
+    cpu, start = _cpu_seconds(), time.perf_counter()
+    splits = load_splits(root, config.val_fraction, config.seed, config)
+    first = time.perf_counter() - start, _cpu_seconds() - cpu
+    decoded = len(splits.train) + len(splits.val) + len(splits.test)
     results = {"train_images": len(splits.train), "val_images": len(splits.val)}
     if "pipeline" in options.parts:
-        decode = _passes(make_dataset(splits.val, config, training=False, cache="memory"), options)
-        augment = _passes(make_dataset(splits.train, config, training=True, cache="memory"), options)
+        host = dataclasses.replace(config, augment_on="host")
+        device = dataclasses.replace(config, augment_on="device")
         results["pipeline"] = {
-            "first_pass_images_per_second": len(splits.val) / decode[0],
-            "cached_images_per_second": len(splits.val) / statistics.median(decode[1:]),
-            "augmented_images_per_second": len(splits.train) / statistics.median(augment[1:]),
+            **_rates("first_pass", decoded, *first),
+            **_rates("cached", len(splits.val), *_passes(make_dataset(splits.val, config, training=False), options)),
+            **_rates("augmented", len(splits.train), *_passes(make_dataset(splits.train, host, training=True), options)),
+            **_rates("device_feed", len(splits.train), *_passes(make_dataset(splits.train, device, training=True), options)),
+            "augmentation": augment_spec(config).__dict__ if augment_spec(config) else None,
         }
     if "fit" in options.parts:
-        timer = EpochTimer(len(splits.train))
+        timer = TrainingTimer(len(splits.train))
         epochs = 1 + options.repeats
         model.fit(
-            make_dataset(splits.train, config, training=True, cache="memory", epochs=(0, epochs)),
-            validation_data=make_dataset(splits.val, config, training=False, cache="memory"),
+            make_dataset(splits.train, config, training=True, epochs=(0, epochs)),
+            validation_data=make_dataset(splits.val, config, training=False),
             epochs=epochs,
             steps_per_epoch=steps_per_epoch(len(splits.train), config.batch_size),
             callbacks=[timer],
@@ -203,7 +228,9 @@ def bench_data(model: keras.Model, config: TrainConfig, options: BenchOptions, r
             "first_epoch_seconds": timer.seconds[0],
             "epoch_seconds": epoch,
             "images_per_second": len(splits.train) / epoch,
+            "augment_on": config.augment_on,
         }
+        results["fit"]["train_images_per_second"] = len(splits.train) / statistics.median(timer.train_seconds[1:])
     return results
 
 
@@ -262,6 +289,8 @@ def run_bench(options: BenchOptions) -> dict:
         report["train"]["mfu"] = report["train"]["gflops_per_second"] / (1000 * options.peak_tflops)
     if needs_data:
         report.update(bench_data(model, config, options, root))
+    if "fit" in report and "train" in report:
+        report["fit"]["fraction_of_train_step"] = report["fit"]["train_images_per_second"] / report["train"]["images_per_second"]
     return report
 
 
@@ -286,15 +315,15 @@ def summary(report: dict) -> str:
         lines.append(f"  matmul   {report['matmul']['gflops_per_second']:8.1f} GFLOP/s (float32, {n}x{n} matrices)")
     if "pipeline" in report:
         r = report["pipeline"]
-        lines.append(
-            f"  pipeline {r['first_pass_images_per_second']:8.1f} images/s first pass (decode), "
-            f"{r['cached_images_per_second']:.1f} cached, {r['augmented_images_per_second']:.1f} cached and augmented"
-        )
+        for kind, what in (("first_pass", "first pass (headers, decode once)"), ("cached", "cached"),
+                           ("augmented", "cached + augmented on the host"), ("device_feed", "cached, feeding device augmentation")):  # fmt: skip
+            lines.append(f"  pipeline {r[kind + '_images_per_second']:8.1f} images/s  {r[kind + '_cpu_ms_per_image']:7.2f} CPU-ms/image  {what}")
     if "fit" in report:
         r = report["fit"]
         lines.append(
             f"  fit      {r['epoch_seconds']:8.1f} s/epoch of {report['train_images']} images "
-            f"({r['images_per_second']:.1f} images/s; first epoch {r['first_epoch_seconds']:.1f} s)"
+            f"({r['images_per_second']:.1f} images/s; first epoch {r['first_epoch_seconds']:.1f} s; training alone "
+            f"{r['train_images_per_second']:.1f} images/s" + (f", {r['fraction_of_train_step']:.2f}x the bare step)" if "fraction_of_train_step" in r else ")")
         )
     return "\n".join(lines)
 

@@ -29,6 +29,7 @@ METHODS = ("bayes", "random", "grid")
 PLACE_REASONS = {
     "data_dir": "choose the data with --data-dir or --demo",
     "demo": "choose the data with --data-dir or --demo",
+    "tfds_dir": "choose the data with --data-dir, --demo or --tfds-dir",
     "output_dir": "trials go to SWEEP_DIR/trials/",
     "wandb": "the sweep command picks the W&B mode",
     "wandb_project": "use the sweep file's top-level `project`",

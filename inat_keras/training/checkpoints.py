@@ -12,7 +12,7 @@ import keras_cv  # noqa: F401  (registers the backbone classes that fine-tuned m
 from ..config import TrainConfig
 from ..data.pipeline import make_dataset
 from ..data.sources import resolve_data_dir
-from ..data.splits import Split, find_unreadable, list_images, scan_images, splits_from_record
+from ..data.splits import Split, find_unreadable, list_images, splits_from_record
 from ..errors import DataError
 from ..files import write_json
 from ..models import layers  # noqa: F401  (registers the layer classes that the CNN uses)
@@ -63,7 +63,7 @@ def test_split(checkpoint: Path, data_dir: str | None, demo: bool, class_names: 
     saved = read_split(checkpoint.parent)
     if saved is not None and not (data_dir or demo):
         test = splits_from_record(saved).test
-        bad = find_unreadable(test.paths)
+        bad = [] if test.source else find_unreadable(test.paths)  # TFDS records are checked as they are read
         if bad:
             path, reason = bad[0]
             raise DataError(
@@ -106,7 +106,7 @@ def predict_images(checkpoint: str, images: list[str], data_dir: str | None, dem
     class_names = class_names_for(checkpoint, model, data_dir, demo)
     missing = [(p, "no such file") for p in images if not Path(p).is_file()]
     present = [p for p in images if Path(p).is_file()]
-    unreadable, _ = scan_images(present)
+    unreadable = find_unreadable(present)
     bad = dict(missing + unreadable)
     good = [p for p in images if p not in bad]
     return list(zip(good, top_k(model, good, class_names, k))), [(p, bad[p]) for p in images if p in bad]

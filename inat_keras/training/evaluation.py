@@ -9,7 +9,8 @@ import numpy as np
 import tensorflow as tf
 
 from ..analysis.plots import grid_indices, plot_confusion, plot_predictions
-from ..data.decode import decode_resize, exif_orientation
+from ..data.cache import tagged
+from ..data.decode import exif_orientation
 from ..data.splits import Split
 
 
@@ -19,15 +20,16 @@ def image_shape(model: keras.Model) -> tuple[int, int]:
     return int(height), int(channels)
 
 
-def load_images(paths: list[str], size: int, channels: int, orientations: list[int] | None = None) -> np.ndarray:
-    """Files as the model sees them, upright by their EXIF orientation (read here unless given)."""
-    if not paths:
+def load_images(paths: list[str], size: int, channels: int) -> np.ndarray:
+    """Files as the model sees them, upright by their EXIF orientation."""
+    return split_images(Split(paths, [0] * len(paths), {p: exif_orientation(p) for p in paths}), size, channels)
+
+
+def split_images(split: Split, size: int, channels: int) -> np.ndarray:
+    """A split's images as the model sees them, from files or from TFDS records, in the split's order."""
+    if not len(split):
         return np.zeros((0, size, size, channels), np.uint8)
-    orientations = orientations or [exif_orientation(p) for p in paths]
-    ds = tf.data.Dataset.from_tensor_slices((paths, np.asarray(orientations, dtype="int32"))).map(
-        lambda p, o: decode_resize(p, size, channels, o), num_parallel_calls=tf.data.AUTOTUNE
-    )
-    return np.stack([x.numpy() for x in ds])
+    return np.stack([x for _, x, _ in tagged(split, size, channels).as_numpy_iterator()])
 
 
 def predict_logits(model: keras.Model, dataset: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
@@ -63,8 +65,7 @@ def evaluate_model(model: keras.Model, test: Split, test_ds, class_names: list[s
     plot_confusion(labels, predicted, class_names, confusion_path)
     chosen = grid_indices(labels, seed)
     size, channels = image_shape(model)
-    shown = test.take(chosen)
-    images = load_images(shown.paths, size, channels, shown.upright_codes())
+    images = split_images(test.take(chosen), size, channels)
     plot_predictions(
         images, labels[chosen], predicted[chosen], probabilities[chosen, predicted[chosen]], class_names, grid_path
     )

@@ -15,6 +15,7 @@ from typing import Callable
 import keras
 
 from ..config import KERNEL_PRESETS, FinetuneConfig, ScratchConfig, TrainConfig, resolve_blocks, shipped_config
+from ..data.augment import device_augment
 from ..errors import ConfigError
 from ..models.cnn import build_cnn, check_geometry, min_image_size
 from ..models.efficientnet import build_finetune_model
@@ -56,6 +57,15 @@ class Kind:
         return {f.name for f in dataclasses.fields(self.config_class)} - shared
 
 
+def augmented(builder: Callable) -> Callable[[TrainConfig, int], keras.Model]:
+    """The builder, with the config's device augmentation as the model's first layer (when it has one)."""
+
+    def build(config: TrainConfig, num_classes: int) -> keras.Model:
+        return builder(config, num_classes, device_augment(config))
+
+    return build
+
+
 def check_scratch(config: ScratchConfig) -> None:
     """Options that validate one by one can still clash: the image must fit the kernels."""
     check_geometry(config.image_size, config.kernel_sizes)
@@ -69,11 +79,11 @@ def scratch_image_size(choices: dict, base: dict) -> int:
 
 KINDS = {
     "scratch": Kind(
-        "scratch", ScratchConfig, "scratch.yaml", "cnn", build_cnn, check=check_scratch,
+        "scratch", ScratchConfig, "scratch.yaml", "cnn", augmented(build_cnn), check=check_scratch,
         min_image_size=scratch_image_size,
     ),
     "finetune": Kind(
-        "finetune", FinetuneConfig, "finetune.yaml", "efficientnet", build_finetune_model, plan_stages=plan_stages,
+        "finetune", FinetuneConfig, "finetune.yaml", "efficientnet", augmented(build_finetune_model), plan_stages=plan_stages,
         callbacks=stage_logger, metrics=schedule_metrics,
     ),
 }  # fmt: skip

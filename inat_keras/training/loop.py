@@ -20,6 +20,7 @@ from ..config import TrainConfig, save_config, to_dict
 from ..data.pipeline import make_dataset, steps_per_epoch
 from ..data.sources import resolve_data_dir
 from ..data.splits import Splits, load_splits, splits_from_record
+from ..data.tfds_source import load_tfds_splits
 from ..errors import ConfigError
 from ..files import write_json
 from ..locks import folder_lock
@@ -76,8 +77,10 @@ class Fitted:
 def prepare_splits(config: TrainConfig, run_dir: Path, resuming: bool) -> Splits:
     if resuming:
         return splits_from_record(read_split(run_dir))
-    root = resolve_data_dir(config.data_dir, config.demo)
-    splits = load_splits(root, config.val_fraction, config.seed)
+    if config.tfds_dir:
+        splits = load_tfds_splits(config.tfds_dir, config.val_fraction, config.seed, config)
+    else:
+        splits = load_splits(resolve_data_dir(config.data_dir, config.demo), config.val_fraction, config.seed, config)
     write_split(run_dir, splits.describe())
     return splits
 
