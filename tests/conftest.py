@@ -1,10 +1,21 @@
 """Shared fixtures: tiny image folders, a private cache, W&B switched off, and a fast CNN config."""
 
+import atexit
 import os
+import shutil
 import tempfile
 
 _CACHE = tempfile.mkdtemp(prefix="inat-keras-test-cache-")
 os.environ["INAT_KERAS_CACHE"] = _CACHE  # before inat_keras.data.cache reads it
+# JAX: one compilation cache for this session and the processes its tests start (they inherit the environment).
+# The same programs come back again and again: every EfficientNetV2-S build compiles its initialisers, a resumed
+# run recompiles the stage it left, each subprocess the CNN. A hit returns the executable XLA built for that exact
+# program (jax keys it by the program, the XLA flags, the devices and the jax version); it changes no result.
+_JAX_CACHE = tempfile.mkdtemp(prefix="inat-keras-test-jax-cache-")
+atexit.register(shutil.rmtree, _JAX_CACHE, ignore_errors=True)
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _JAX_CACHE)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")  # each initialiser compiles in milliseconds
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ["WANDB_BASE_URL"] = "http://127.0.0.1:9"  # a closed local port: no test ever reaches W&B's servers
@@ -22,6 +33,12 @@ import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
 CLASSES = ("cat", "dog", "owl")
+
+# For tests that check other processes (a CLI run, a lock, an installed wheel) through files and exit codes:
+# nothing they check depends on the backend, so CI runs them once, in its TensorFlow pass.
+tensorflow_only = pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow", reason="backend-independent subprocess test: runs once, under TensorFlow"
+)
 
 
 def write_image_folder(root: Path, per_class: dict, size=(40, 30), seed=0) -> Path:

@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import write_image_folder
+from conftest import tensorflow_only, write_image_folder
 from inat_keras.data.pipeline import make_dataset
 from inat_keras.data.splits import splits_from_record
 from inat_keras.config import ScratchConfig, load_config
@@ -31,6 +31,7 @@ def strict_json(text: str):
     return json.loads(text, parse_constant=refuse)
 
 
+@tensorflow_only
 def test_kills_at_every_point_leave_a_run_that_finishes_whole(tmp_path):
     data = write_image_folder(tmp_path / "data", {"train": 8, "val": 3})
     out = tmp_path / "run"

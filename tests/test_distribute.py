@@ -81,6 +81,28 @@ def test_gradual_unfreezing_recompiles_inside_the_distribution(tmp_path):
     assert [int(float(r["trainable_params"])) for r in rows] == [s["trainable_params"] for s in schedule]
 
 
+def test_device_augmentation_on_two_devices_and_in_mixed_precision(tmp_path):
+    """Under JAX one compiled step augments the whole global batch: two devices draw what one does. Under
+    tf.distribute each replica draws its own transforms; both must train, in float32 and bfloat16."""
+    data = write_image_folder(tmp_path / "data", {"train": 9, "val": 3})
+    base = {**tiny_cnn_values(), "data_dir": str(data), "val_fraction": 1 / 3, "epochs": 2, "rotation": 0.1,
+            "color_jitter": 0.2, "augment_on": "device"}  # fmt: skip
+    runs = [{**base, "batch_size": 6, "distribute": "none"}, {**base, "batch_size": 3, "distribute": "data-parallel"},
+            {**base, "batch_size": 3, "distribute": "data-parallel", "precision": "mixed_bfloat16"}]  # fmt: skip
+    for i, values in enumerate(runs):
+        values["output_dir"] = str(tmp_path / f"run{i}")
+    results = run_script(*runs)
+    rows = [read_history(Path(r["run_dir"]) / "history.csv") for r in results]
+    assert [r["metrics"]["devices"] for r in results] == [1, 2, 2]
+    assert all(np.isfinite(float(row["loss"])) for history in rows for row in history)
+    for result in results:
+        saved = keras.models.load_model(Path(result["run_dir"]) / "model.keras")
+        assert int(keras.ops.convert_to_numpy(saved.get_layer("augment").steps)) in (3, 6)  # 3 steps an epoch
+    if keras.backend.backend() == "jax":
+        for a, b in zip(rows[0], rows[1]):
+            assert float(b["loss"]) == pytest.approx(float(a["loss"]), rel=1e-5)
+
+
 def test_a_process_that_is_not_the_first_writes_nothing(image_folder, tmp_path, monkeypatch):
     monkeypatch.setattr(loop, "place", lambda mode: Placement("data-parallel", 1, process=1, processes=2))
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))

@@ -17,7 +17,7 @@ from PIL import Image
 from conftest import Interrupt, tiny_cnn_values, write_image_folder
 from inat_keras.cli import main
 from inat_keras.config import FinetuneConfig, ScratchConfig, build_config, load_config, shipped_config
-from inat_keras.data.augment import STUDY, Augment, AugmentSpec
+from inat_keras.data.augment import STUDY, Augment, AugmentSpec, device_augment
 from inat_keras.data.pipeline import make_dataset
 from inat_keras.data.splits import Split, load_splits
 from inat_keras.models.efficientnet import build_finetune_model
@@ -171,8 +171,9 @@ def test_carried_adam_equals_torchs_adam_across_unfreezing():
 
 
 def test_gradual_fine_tuning_carries_one_adam_through_fit(image_folder, tmp_path):
+    # val_fraction 0: no validation step to compile at each stage; the optimizer never sees validation
     settings = finetune_config(strategy="gradual", unfreeze_unit="stage", batch_norm_mode="study",
-                               optimizer_state="carry", epochs=2, unfreeze_every=1, batch_size=8,
+                               optimizer_state="carry", epochs=2, unfreeze_every=1, batch_size=8, val_fraction=0,
                                data_dir=str(image_folder), output_dir=str(tmp_path / "run"), augment=False)  # fmt: skip
     seen = []
 
@@ -228,18 +229,22 @@ def augmented(spec: AugmentSpec, images: np.ndarray, seed=(3, 0)) -> np.ndarray:
     return next(iter(ds)).numpy()
 
 
+@pytest.mark.parametrize("place", ["host", "device"])
 @pytest.mark.parametrize("preset", ["inat-keras", "study"])
-def test_colour_survives_augmentation(tmp_path, preset):
+def test_colour_survives_augmentation(tmp_path, preset, place):
     """Measured on the earlier code: red [180, 30, 29] became [175, 171, 171] (saturation factor drawn from [0, 0.1])."""
     red = coloured((180, 30, 30))
     folder = tmp_path / "red" / "train" / "red"
     folder.mkdir(parents=True)
     for i, image in enumerate(red[:16]):
         Image.fromarray(image.astype(np.uint8)).save(folder / f"{i}.png")
-    config = build_config(ScratchConfig, {**tiny_cnn_values(), "augmentation": preset})
+    config = build_config(ScratchConfig, {**tiny_cnn_values(), "augmentation": preset, "augment_on": place})
     split = Split(sorted(str(p) for p in folder.iterdir()), [0] * 16)
-    batches = np.concatenate([x.numpy() for x, _ in make_dataset(split, config, training=True, epochs=(0, 4))])
+    on_device = device_augment(config) or (lambda x, training: x)
+    batches = np.concatenate([keras.ops.convert_to_numpy(on_device(x.numpy(), training=True))
+                              for x, _ in make_dataset(split, config, training=True, epochs=(0, 4))])  # fmt: skip
     original = red[:16]
+    assert not np.allclose(batches, np.concatenate([original] * 4))  # augmented in one place or the other
     assert np.abs(batches.mean(axis=(0, 1, 2)) - original.mean(axis=(0, 1, 2))).max() < 15
     assert abs(saturation(batches) - saturation(original)) < 0.08
 
@@ -297,7 +302,8 @@ def test_the_host_and_the_backend_draw_the_same_transforms():
 
 
 def test_a_resumed_run_continues_the_augmentation_draws(image_folder):
-    config = build_config(ScratchConfig, {"image_size": 24, "batch_size": 4, "rotation": 0.1, "color_jitter": 0.1})
+    config = build_config(ScratchConfig, {"image_size": 24, "batch_size": 4, "rotation": 0.1, "color_jitter": 0.1,
+                                          "augment_on": "host"})
     splits = load_splits(image_folder, 0.3, 0)
     whole = np.concatenate([x.numpy() for x, _ in make_dataset(splits.train, config, training=True, epochs=(0, 2))])
     resumed = np.concatenate([x.numpy() for x, _ in make_dataset(splits.train, config, training=True, epochs=(1, 2))])

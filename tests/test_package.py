@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import tensorflow_only
 from inat_keras.config import ConfigError, shipped_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,6 +93,7 @@ def test_a_missing_shipped_config_is_an_error_naming_it():
         shipped_config("nowhere.yaml")
 
 
+@tensorflow_only
 def test_a_wheel_installed_outside_the_checkout_runs_with_its_shipped_configs(tmp_path):
     """Non-editable install into a fresh virtual environment (its dependencies seen through a .pth file)."""
     wheels = tmp_path / "wheels"

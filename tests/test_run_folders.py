@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Interrupt, tiny_cnn_values
+from conftest import Interrupt, tensorflow_only, tiny_cnn_values
 from inat_keras.config import ScratchConfig, build_config
 from inat_keras.errors import ConfigError
 from inat_keras.locks import LOCK, folder_lock
@@ -33,23 +33,45 @@ def command(folder, out, epochs) -> list[str]:
             "--batch-size", "2", "--epochs", str(epochs), "--wandb", "disabled"]  # fmt: skip
 
 
+# `python -m inat_keras` itself, held at the start of its second epoch until the test releases it: the
+# first process is surely still training (and holds the lock) while the second one tries the folder.
+HELD_AT_EPOCH_2 = """
+import os, runpy, sys, time
+from inat_keras.training import callbacks
+release, begin = sys.argv.pop(1), callbacks.EpochTimer.on_epoch_begin
+def held(self, epoch, logs=None):
+    deadline = time.time() + 300
+    while epoch == 1 and not os.path.exists(release) and time.time() < deadline:
+        time.sleep(0.1)
+    begin(self, epoch, logs)
+callbacks.EpochTimer.on_epoch_begin = held
+runpy.run_module("inat_keras", run_name="__main__", alter_sys=True)
+"""
+
+
+@tensorflow_only
 def test_two_processes_on_one_folder_one_trains_the_other_is_refused(image_folder, tmp_path):
-    out = tmp_path / "run"
+    out, release = tmp_path / "run", tmp_path / "release"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    first = subprocess.Popen(command(image_folder, out, 40), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not (out / "history.csv").exists() and time.time() < deadline:  # the first one is training now
-        time.sleep(0.2)
-    second = subprocess.run(command(image_folder, out, 40), env=env, capture_output=True, text=True, timeout=300)
+    held = [sys.executable, "-c", HELD_AT_EPOCH_2, str(release), *command(image_folder, out, 3)[3:]]
+    first = subprocess.Popen(held, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while not read_history(out / "history.csv") and time.time() < deadline:  # epoch 1 done, the first one held
+            time.sleep(0.2)
+        assert first.poll() is None and [int(r["epoch"]) for r in read_history(out / "history.csv")] == [1]
+        second = subprocess.run(command(image_folder, out, 3), env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        release.touch()
     first_out, first_err = first.communicate(timeout=600)
     assert first.returncode == 0, first_err[-3000:]
     assert second.returncode == 2
     error = [line for line in second.stderr.splitlines() if line.startswith("error:")]
     assert len(error) == 1 and f"is in use by another run (process {first.pid} on {socket.gethostname()}" in error[0]
     rows = read_history(out / "history.csv")
-    assert [int(r["epoch"]) for r in rows] == list(range(1, 41))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
     assert (out / "history.csv").read_text().count("epoch,") == 1  # one header
-    assert json.loads((out / "metrics.json").read_text())["epochs_run"] == 40 and not (out / LOCK).exists()
+    assert json.loads((out / "metrics.json").read_text())["epochs_run"] == 3 and not (out / LOCK).exists()
 
 
 def dead_pid() -> int:

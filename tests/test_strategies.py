@@ -234,8 +234,10 @@ def test_gradual_unfreezing_grows_on_schedule_and_continues_across_stages(
 
 
 def test_an_interrupted_gradual_run_resumes_with_the_right_stage_and_adam_state(image_folder, tmp_path):
-    settings = gradual(image_folder, tmp_path / "run", epochs=3, unfreeze_every=2)  # head: 0-1, last_1: 2
-    steps = 3  # 24 training images in batches of 8
+    # No validation split: nothing here reads it, and each stage would compile a validation step besides its
+    # training step (validation after a stage's recompile is checked by the test above)
+    settings = gradual(image_folder, tmp_path / "run", epochs=3, unfreeze_every=2, val_fraction=0)  # head 0-1, last_1 2
+    steps = 4  # 30 training images in batches of 8
     with pytest.raises(KeyboardInterrupt):
         train(settings, Interrupt(1))
     assert [int(r["epoch"]) for r in read_history(tmp_path / "run" / "history.csv")] == [1]

@@ -88,6 +88,12 @@ def _disk_folder(key: str) -> Path:
     return CACHE_HOME / "decoded" / key
 
 
+def _disk_cache_of(key: str) -> Path:
+    """The folder that holds a split's disk cache: its own, or that of the listed split it was kept from."""
+    link = _disk_folder(key).with_suffix(".link")
+    return _disk_folder(link.read_text().strip()) if link.is_file() else _disk_folder(key)
+
+
 def _fill_disk(split, image_size: int, channels: int, folder: Path) -> None:
     """Write the decoded split and its member list into a private folder renamed to `folder` only once
     complete: an interrupted fill is never read back, and the next run refills."""
@@ -109,17 +115,15 @@ def decode_once(split, image_size: int, channels: int, mode: str):
             _keep_in_memory(key, cached, _members(cached))
         cached, members = _MEMORY[key]
     else:
-        folder = _disk_folder(key)
-        link = folder.with_suffix(".link")
-        if link.is_file():
-            folder = _disk_folder(link.read_text().strip())
+        folder = _disk_cache_of(key)
         if not (folder / "members.json").is_file():
             _fill_disk(split, image_size, channels, folder)
         members = json.loads((folder / "members.json").read_text())
     if len(members) == len(split):
         return split, []
     lost = sorted(set(range(len(split))) - set(members))
-    bad = [(split.paths[i], unreadable_reason(split.paths[i]) or "could not be decoded") for i in lost]
+    source = getattr(split, "source", None)
+    bad = [(split.paths[i], (None if source else unreadable_reason(split.paths[i])) or "could not be decoded") for i in lost]
     kept = split.take(members)
     kept_key = cache_key(kept, image_size, channels)
     if mode == "memory":
@@ -140,10 +144,7 @@ def cached_images(split, image_size: int, channels: int, mode: str) -> tf.data.D
     if mode == "memory":
         cached = _MEMORY[key][0]
     else:
-        folder = _disk_folder(key)
-        link = folder.with_suffix(".link")
-        folder = _disk_folder(link.read_text().strip()) if link.is_file() else folder
-        cached = tagged(split, image_size, channels).cache(str(folder / "images"))  # reads the cache, decodes nothing
+        cached = tagged(split, image_size, channels).cache(str(_disk_cache_of(key) / "images"))  # reads, decodes nothing
     return cached.map(lambda i, x, y: (x, y))
 
 

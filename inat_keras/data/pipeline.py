@@ -27,9 +27,10 @@ def make_dataset(
     even_batches: bool = False,
     epochs: tuple[int, int] = (0, 1),
 ) -> tf.data.Dataset:
-    """Decode in parallel and cache the resized images (`cache`, default the config's: auto, memory or
-    disk), so that later epochs decode nothing; then shuffle and augment (training only, fresh every
-    epoch), batch, prefetch. A disk-cached training split larger than the shuffle buffer is cached in
+    """Read the split's cached images (`cache`, default the config's: auto, memory or disk; decoded once,
+    data.cache), then shuffle (training only, fresh every epoch), batch, prefetch. Training batches are
+    augmented here only with `augment_on: host`; on the device the model's first layer does it
+    (data.augment.DeviceAugment). A disk-cached training split larger than the shuffle buffer is cached in
     shards, so that an epoch holds only `shuffle_buffer` images in memory.
 
     Training yields the epochs [first, last) as one stream (fit needs `steps_per_epoch`); each epoch is
