@@ -33,10 +33,12 @@ def command(folder, out, epochs) -> list[str]:
             "--batch-size", "2", "--epochs", str(epochs), "--wandb", "disabled"]  # fmt: skip
 
 
-# `python -m inat_keras` itself, held at the start of its second epoch until the test releases it: the
-# first process is surely still training (and holds the lock) while the second one tries the folder.
+# `python -m inat_keras` itself, held at the start of its second epoch until the test releases it: the first
+# process is surely still training, and holds the lock, while the second one tries the folder.
 HELD_AT_EPOCH_2 = """
 import os, runpy, sys, time
+from inat_keras.perf.cpu_tuning import restart_with_malloc_tunables
+restart_with_malloc_tunables()  # as `python -m inat_keras` starts (then it finds nothing to restart for)
 from inat_keras.training import callbacks
 release, begin = sys.argv.pop(1), callbacks.EpochTimer.on_epoch_begin
 def held(self, epoch, logs=None):
@@ -47,25 +49,37 @@ def held(self, epoch, logs=None):
 callbacks.EpochTimer.on_epoch_begin = held
 runpy.run_module("inat_keras", run_name="__main__", alter_sys=True)
 """
+# The second `python -m inat_keras`, started at the same time: it restarts and imports the frameworks as the CLI
+# would (the slow part, alongside the first's), then waits for the first's epoch 1 row before the CLI runs.
+AFTER_EPOCH_1 = r"""
+import os, runpy, sys, time
+from inat_keras.perf.cpu_tuning import restart_with_malloc_tunables
+restart_with_malloc_tunables()
+import inat_keras.training.kinds, inat_keras.training.loop
+history, deadline = sys.argv.pop(1), time.time() + 120
+while not (os.path.exists(history) and open(history).read().count("\n") >= 2) and time.time() < deadline:
+    time.sleep(0.1)
+runpy.run_module("inat_keras", run_name="__main__", alter_sys=True)
+"""
 
 
 @tensorflow_only
 def test_two_processes_on_one_folder_one_trains_the_other_is_refused(image_folder, tmp_path):
     out, release = tmp_path / "run", tmp_path / "release"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    held = [sys.executable, "-c", HELD_AT_EPOCH_2, str(release), *command(image_folder, out, 3)[3:]]
-    first = subprocess.Popen(held, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    arguments = command(image_folder, out, 3)[3:]  # after `python -m inat_keras`
+    first = subprocess.Popen([sys.executable, "-c", HELD_AT_EPOCH_2, str(release), *arguments], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
-        deadline = time.time() + 120
-        while not read_history(out / "history.csv") and time.time() < deadline:  # epoch 1 done, the first one held
-            time.sleep(0.2)
-        assert first.poll() is None and [int(r["epoch"]) for r in read_history(out / "history.csv")] == [1]
-        second = subprocess.run(command(image_folder, out, 3), env=env, capture_output=True, text=True, timeout=300)
+        second = subprocess.run([sys.executable, "-c", AFTER_EPOCH_1, str(out / "history.csv"), *arguments], env=env,
+                                capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert first.poll() is None, first.communicate()[1][-3000:]  # the first one is still training
+        assert [int(r["epoch"]) for r in read_history(out / "history.csv")] == [1]
     finally:
         release.touch()
     first_out, first_err = first.communicate(timeout=600)
     assert first.returncode == 0, first_err[-3000:]
-    assert second.returncode == 2
+    assert second.returncode == 2, second.stderr[-3000:]
     error = [line for line in second.stderr.splitlines() if line.startswith("error:")]
     assert len(error) == 1 and f"is in use by another run (process {first.pid} on {socket.gethostname()}" in error[0]
     rows = read_history(out / "history.csv")

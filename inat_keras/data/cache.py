@@ -145,7 +145,8 @@ def cached_images(split, image_size: int, channels: int, mode: str) -> tf.data.D
         cached = _MEMORY[key][0]
     else:
         cached = tagged(split, image_size, channels).cache(str(_disk_cache_of(key) / "images"))  # reads, decodes nothing
-    return cached.map(lambda i, x, y: (x, y))
+    # ignore_errors leaves the count unknown; tf.distribute then mis-reports the last validation step
+    return cached.map(lambda i, x, y: (x, y)).apply(tf.data.experimental.assert_cardinality(len(split)))
 
 
 def cache_units(split, mode: str, buffer: int, seed: int) -> list:
