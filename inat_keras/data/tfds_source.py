@@ -62,8 +62,9 @@ class TfdsSource:
 
     def tagged(self, split: Split, image_size: int, channels: int) -> tf.data.Dataset:
         """(index in the split, image, label) for the split's members, read from the records in their order."""
-        folder = Path(os.path.relpath(split.paths[0], self.root())).parts[0]
-        names = [Path(os.path.relpath(p, self.root() / folder)).as_posix() for p in split.paths]
+        root = self.root()
+        folder = Path(os.path.relpath(split.paths[0], root)).parts[0]
+        names = [Path(os.path.relpath(p, root / folder)).as_posix() for p in split.paths]
         table = tf.lookup.StaticHashTable(
             tf.lookup.KeyValueTensorInitializer(tf.constant(names), tf.constant(np.arange(len(names)), tf.int64)), -1
         )

@@ -215,7 +215,7 @@ def bench_data(model: keras.Model, config: TrainConfig, options: BenchOptions, r
             **_rates("cached", len(splits.val), *_passes(make_dataset(splits.val, config, training=False), options)),
             **_rates("augmented", len(splits.train), *_passes(make_dataset(splits.train, host, training=True), options)),
             **_rates("device_feed", len(splits.train), *_passes(make_dataset(splits.train, device, training=True), options)),
-            "augmentation": augment_spec(config).__dict__ if augment_spec(config) else None,
+            "augmentation": dataclasses.asdict(spec) if (spec := augment_spec(config)) else None,
         }
     if "fit" in options.parts:
         timer = TrainingTimer(len(splits.train))
