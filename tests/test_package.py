@@ -23,6 +23,8 @@ ALLOWED = {
     "training": {"training", "data", "models", "analysis"},
     "sweeps": {"sweeps", "training", "data", "models", "analysis"},
     "perf": {"perf", "training", "data", "models", "analysis"},
+    "serving": {"serving", "training", "data", "models", "analysis"},
+    "study": {"study", "serving", "sweeps", "training", "data", "models", "analysis"},
 }
 TOP = {"config", "errors", "files", "locks"}  # the light modules at the top that every folder may use
 THIRD_PARTY = "import keras, keras_cv, tensorflow, jax, wandb, sweeps, sklearn, matplotlib, scipy, requests, PIL"
