@@ -20,12 +20,15 @@ from .config import (
     AUGMENT_PLACES,
     JIT_MODES,
     PRECISIONS,
+    WANDB_MODES,
     FinetuneConfig,
     ScratchConfig,
+    StudyConfig,
     add_config_arguments,
     load_config,
     overrides_from_args,
     read_yaml,
+    shipped_config,
     to_dict,
 )
 from .errors import ConfigError, DataError
@@ -81,6 +84,19 @@ def cmd_train(args) -> None:
     print_summary(*kind.train(config))
 
 
+def cmd_lr_find(args) -> None:
+    """lr-find scratch|finetune: the kind's YAML (or --config) <- flags, then the exponential ramp."""
+    from .training.kinds import KINDS
+    from .training.lr_find import PLOT_PNG, find_learning_rate, summary
+
+    kind = KINDS[args.kind]
+    config = load_config(kind.config_class, args.config or kind.default_config_path(),
+                         overrides_from_args(args, kind.config_class))  # fmt: skip
+    run_dir, result = find_learning_rate(config, kind, args.start_lr, args.end_lr, args.steps)
+    print(summary(run_dir, result))
+    print(f"outputs: {run_dir} (plot: {run_dir / PLOT_PNG})")
+
+
 def cmd_info(args) -> None:
     from .models.cnn import build_cnn, describe
 
@@ -91,22 +107,73 @@ def cmd_info(args) -> None:
 def cmd_evaluate(args) -> None:
     from .training.checkpoints import evaluate_checkpoint
 
-    out_dir, metrics = evaluate_checkpoint(args.checkpoint, args.data_dir, args.demo, args.output_dir)
+    out_dir, metrics = evaluate_checkpoint(args.checkpoint, args.data_dir, args.demo, args.output_dir, args.tta,
+                                           args.wandb, args.wandb_project)  # fmt: skip
     print_summary(out_dir, metrics)
 
 
-def cmd_predict(args) -> None:
-    from .training.checkpoints import predict_images
+def cmd_compare(args) -> None:
+    from .files import write_json
+    from .serving.compare import compare_runs, summary_table
 
-    predicted, unreadable = predict_images(args.checkpoint, args.images, args.data_dir, args.demo, args.top)
-    for path, ranked in predicted:
-        print(path)
-        for name, probability in ranked:
-            print(f"  {name:<20} {probability:7.2%}")
+    result = compare_runs(args.run_a, args.run_b)
+    print(summary_table(result))
+    if args.output:
+        write_json(Path(args.output), result)
+        print(f"outputs: {args.output}")
+
+
+def cmd_explain(args) -> None:
+    from .serving.explain import explain_checkpoint
+
+    out_dir, index = explain_checkpoint(args.checkpoint, args.images, args.output_dir, args.class_name, args.gradcam_layer,
+                                        args.layer, args.neurons, args.channels, args.data_dir, args.demo)  # fmt: skip
+    for skipped in index["skipped"]:
+        print(f"skipped {skipped['path']}: {skipped['reason']}", file=sys.stderr)
+    print(f"outputs: {out_dir} ({len(index['images'])} image(s); index: {out_dir / 'explain.json'})")
+
+
+def comma_ints(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated channel numbers such as 0,5,12, not {text!r}") from None
+
+
+def cmd_predict(args) -> None:
+    """Unreadable files are warnings, not failures: each is named, the rest is predicted, the exit code is 0."""
+    from .serving.predict import predictor, write_csv
+
+    job = predictor(args.checkpoint, args.images, args.data_dir, args.demo, args.top, args.batch_size)
+    if args.csv:
+        predicted, unreadable = write_csv(args.csv, job.rows(progress=True), args.top)
+    else:
+        predicted, unreadable = 0, []
+        for row in job.rows():
+            if row.error is not None:
+                unreadable.append((row.path, row.error))
+                continue
+            predicted += 1
+            print(row.path)
+            for name, probability in row.ranked:
+                print(f"  {name:<20} {probability:7.2%}")
+    for path, reason in unreadable:
+        print(f"warning: cannot read {path}: {reason}", file=sys.stderr)
     if unreadable:
-        for path, reason in unreadable:
-            print(f"error: cannot read {path}: {reason}", file=sys.stderr)
-        raise DataError(f"{len(unreadable)} of {len(args.images)} file(s) could not be read (listed above)")
+        where = f" (rows with an error in {args.csv})" if args.csv else ""
+        print(f"warning: {len(unreadable)} of {len(job.paths)} file(s) could not be read{where}", file=sys.stderr)
+    if job.ignored:
+        print(f"left out {job.ignored} hidden or non-image file(s) in the folders", file=sys.stderr)
+    if args.csv:
+        print(f"outputs: {args.csv} ({predicted} image(s) predicted)")
+
+
+def cmd_export(args) -> None:
+    from .serving.export import export_checkpoint
+
+    out_dir, info = export_checkpoint(args.checkpoint, args.format, args.output_dir, args.data_dir, args.demo)
+    print(f"outputs: {out_dir} ({info['model']}, labels.txt, export.json; load it with {info['runtime']}; "
+          f"checked against Keras: max logit difference {info['check']['max_abs_logit_difference']:.2g})")  # fmt: skip
 
 
 def cmd_tfds(args) -> None:
@@ -142,6 +209,20 @@ def report_sweep(record, out_dir: Path) -> None:
     print(f"outputs: {out_dir} (best config: {paths.get(BEST_CONFIG, 'none, no trial finished')})")
 
 
+def cmd_study(args) -> None:
+    """The whole study: configs/study.yaml (its demo section with --demo) <- flags; every step, then the report."""
+    from .study.pipeline import run_study
+    from .study.report import log_report, write_study_report
+
+    settings = load_config(StudyConfig, shipped_config("study.yaml"), overrides_from_args(args, StudyConfig))
+    result = run_study(settings)
+    paths = write_study_report(result)
+    log_report(result, paths)
+    reused = [name for name in result.steps if name not in result.trained()]
+    print(f"trained now: {', '.join(result.trained()) or 'none'}; reused: {', '.join(reused) or 'none'}")
+    print(f"outputs: {result.study_dir} (report: {paths['report.md']}, {paths['report.html']})")
+
+
 def cmd_bench(args) -> None:
     from .perf.benchmark import BenchOptions, run_bench, summary, write_report
 
@@ -159,7 +240,8 @@ def print_summary(run_dir: Path, metrics: dict) -> None:
     if not metrics:
         print(f"this process trained as one of several; the first process writes the outputs: {run_dir}")
         return
-    keys = ("test_accuracy", "test_loss", "best_val_accuracy", "params", "train_images_per_second", "seconds_per_epoch")
+    keys = ("test_accuracy", "test_accuracy_ci95", "tta_test_accuracy", "test_loss", "best_val_accuracy", "params",
+            "train_images_per_second", "seconds_per_epoch")  # fmt: skip
     shown = {k: metrics[k] for k in keys if k in metrics}
     print(json.dumps(shown, indent=2))
     print(f"outputs: {run_dir}")
@@ -182,6 +264,17 @@ def build_parser() -> argparse.ArgumentParser:
         train.add_argument("--print-config", action="store_true", help="print the resolved config and stop")
         train.set_defaults(func=cmd_train)
 
+    lr_find = commands.add_parser("lr-find", help="learning-rate finder: loss over an exponential ramp, plot, suggestion")
+    lr_kinds = lr_find.add_subparsers(dest="kind", required=True)
+    for name, cls, what in (("scratch", ScratchConfig, "the 5-block CNN"), ("finetune", FinetuneConfig, "EfficientNetV2-S")):
+        finder = lr_kinds.add_parser(name, help=f"{what}, built as `run.py {name}` builds it")
+        finder.add_argument("--config", help=f"YAML config (default configs/{name}.yaml)")
+        add_config_arguments(finder, cls)
+        finder.add_argument("--start-lr", type=float, default=1e-7, help="first rate of the ramp")
+        finder.add_argument("--end-lr", type=float, default=10.0, help="last rate of the ramp")
+        finder.add_argument("--steps", type=int, default=200, help="training steps of the ramp (it stops early if the loss diverges)")
+        finder.set_defaults(func=cmd_lr_find)
+
     info = commands.add_parser("info", help="layer table, parameter count and FLOPs of a CNN configuration")
     info.add_argument("--config", help="YAML config")
     info.add_argument("--num-classes", type=int, default=10)
@@ -193,15 +286,49 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data-dir", help="dataset folder (default: the one the run used)")
     evaluate.add_argument("--demo", action="store_true", help="evaluate on the demo data")
     evaluate.add_argument("--output-dir", help="where to write metrics and pictures (default: a new runs/ folder)")
+    evaluate.add_argument("--tta", action="store_true",
+                          help="also test with test-time augmentation (mean softmax of each image and its horizontal mirror)")
+    evaluate.add_argument("--wandb", choices=WANDB_MODES, default="disabled",
+                          help="log the metrics, pictures and predictions table to a W&B run of its own (default: disabled)")
+    evaluate.add_argument("--wandb-project", default="inat-keras", help="W&B project name")
     evaluate.set_defaults(func=cmd_evaluate)
 
-    predict = commands.add_parser("predict", help="top classes for image files")
+    compare = commands.add_parser("compare", help="two runs on the same test list: accuracies, paired bootstrap, McNemar")
+    compare.add_argument("run_a", metavar="RUN_A", help="a final run's folder or an evaluate output folder (its predictions.csv)")
+    compare.add_argument("run_b", metavar="RUN_B", help="the same for the other model")
+    compare.add_argument("--output", metavar="FILE", help="also write the figures to this JSON file")
+    compare.set_defaults(func=cmd_compare)
+
+    explain = commands.add_parser("explain", help="Grad-CAM, guided backpropagation, filters and feature maps of a checkpoint")
+    explain.add_argument("--checkpoint", required=True, help="a .keras file written by a run")
+    explain.add_argument("images", nargs="+", help="image files")
+    explain.add_argument("--output-dir", metavar="DIR", help="an empty or new folder for the PNGs and explain.json (default: a new runs/ folder)")
+    explain.add_argument("--class", dest="class_name", metavar="NAME", help="Grad-CAM of this class for every image (default: each one's predicted class)")
+    explain.add_argument("--gradcam-layer", metavar="NAME", help="feature-map layer for Grad-CAM (default: the last, the CNN's block5_act, EfficientNet's backbone)")
+    explain.add_argument("--layer", metavar="NAME", help="the CNN layer whose neurons guided backpropagation explains (default: its last block, block5_act)")
+    explain.add_argument("--neurons", type=int, default=10, metavar="N", help="how many of that layer's channels: the most active on these images")
+    explain.add_argument("--channels", type=comma_ints, metavar="LIST", help="these channels instead, e.g. 0,5,12")
+    explain.add_argument("--data-dir", help="take class names from this dataset (default: the run's split.json)")
+    explain.add_argument("--demo", action="store_true", help="take class names from the demo data")
+    explain.set_defaults(func=cmd_explain)
+
+    predict = commands.add_parser("predict", help="top classes for image files and folders")
     predict.add_argument("--checkpoint", required=True, help="a .keras file written by a run")
-    predict.add_argument("images", nargs="+", help="image files")
+    predict.add_argument("images", nargs="+", metavar="FOLDER_OR_IMAGE", help="image files, or folders walked recursively")
     predict.add_argument("--data-dir", help="take class names from this dataset (default: the run's split.json)")
     predict.add_argument("--demo", action="store_true", help="take class names from the demo data")
     predict.add_argument("--top", type=int, default=3, help="how many classes to show")
+    predict.add_argument("--csv", help="write path, class_1, prob_1, ..., error per file to this CSV (with a progress bar) instead of printing")
+    predict.add_argument("--batch-size", type=int, default=32, help="images per predict step")
     predict.set_defaults(func=cmd_predict)
+
+    export = commands.add_parser("export", help="a checkpoint as a SavedModel, ONNX or LiteRT model, with its class names")
+    export.add_argument("--checkpoint", required=True, help="a .keras file written by a run")
+    export.add_argument("--format", required=True, choices=("saved_model", "onnx", "litert"), help="what to export to")
+    export.add_argument("--output-dir", help="a new or empty folder (default: RUN/export-FORMAT)")
+    export.add_argument("--data-dir", help="take class names from this dataset (default: the run's split.json)")
+    export.add_argument("--demo", action="store_true", help="take class names from the demo data")
+    export.set_defaults(func=cmd_export)
 
     sweep = commands.add_parser("sweep", help="hyperparameter sweep from a W&B sweep file (W&B agent or local search)")
     sweep.add_argument("config", help="W&B sweep file, e.g. configs/sweep_scratch.yaml")
@@ -228,6 +355,10 @@ def build_parser() -> argparse.ArgumentParser:
     sweep_report.add_argument("--output-dir", help="where to write (default: the sweep folder, or runs/sweep-<id>)")
     sweep_report.set_defaults(func=cmd_sweep_report)
 
+    study = commands.add_parser("study", help="the whole study: Part A sweep, retrain, test; Part B strategies, final run; report")
+    add_config_arguments(study, StudyConfig)
+    study.set_defaults(func=cmd_study)
+
     bench = commands.add_parser("bench", help="training, inference, input-pipeline and epoch speed on the active backend")
     bench.add_argument("--model", choices=BENCH_MODELS, default="cnn",
                        help="cnn: 64x5 3x3 ReLU; cnn-best: configs/scratch_best.yaml; efficientnet: V2-S, random weights")
@@ -251,7 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def model_family(args) -> str:
     """The model family a command trains or measures, for the XLA:CPU flags that suit it."""
-    if args.command == "finetune" or getattr(args, "model", None) == "efficientnet":
+    if "finetune" in (args.command, getattr(args, "kind", None)) or getattr(args, "model", None) == "efficientnet":
         return "efficientnet"
     if args.command == "sweep":
         from .sweeps.spec import check_sweep_file

@@ -40,8 +40,11 @@ KERNEL_PRESETS = {
     "increasing": [1, 3, 3, 5, 5],
 }
 STRATEGIES = ("full", "head", "last_k", "gradual")
-AUGMENTATIONS = ("inat-keras", "study")
+AUGMENTATIONS = ("inat-keras", "study", "randaugment")
 OPTIMIZER_STATES = ("carry", "fresh")
+OPTIMIZERS = ("adam", "adamw")
+LR_SCHEDULES = ("constant", "cosine", "one_cycle")
+SCHEDULE_UNITS = ("epoch", "step")
 BATCH_NORM_MODES = ("frozen", "study")
 CONV_DROPOUTS = ("channel", "element")
 INPUT_NORMS = ("imagenet", "none")
@@ -55,7 +58,14 @@ DEMO_SECTION = "demo_overrides"
 # (sweeps may not search them; a sweep's best configuration leaves them out).
 PLACE_OPTIONS = ("data_dir", "demo", "tfds_dir", "output_dir", "wandb", "wandb_project")
 # Options that change how a run is carried out, not what it computes: an interrupted run resumes under other values.
-RESUME_NEUTRAL_OPTIONS = ("output_dir", "wandb", "epochs", "early_stopping", "steps_per_execution", "jit_compile", "cache")
+RESUME_NEUTRAL_OPTIONS = ("output_dir", "wandb", "epochs", "early_stopping", "steps_per_execution", "jit_compile", "cache", "tta")
+
+
+def check_one_source(config) -> None:
+    """A run reads its images from one place: the demo data, a folder or TFDS records."""
+    sources = [name for name in ("demo", "data_dir", "tfds_dir") if getattr(config, name)]
+    if len(sources) > 1:
+        raise ConfigError(f"give one source of images, not {' and '.join('--' + n.replace('_', '-') for n in sources)}")
 
 
 def _doc(text: str, **kwargs):
@@ -79,10 +89,32 @@ class TrainConfig:
     rotation: float = _doc("inat-keras preset: max rotation either way, as a fraction of a full turn (0 disables)", default=0.05)
     zoom: float = _doc("inat-keras preset: max zoom in or out, as a fraction of the size (0 disables)", default=0.1)
     color_jitter: float = _doc("inat-keras preset: brightness/contrast/saturation change up to this much either way (0 disables)", default=0.1)
+    randaugment_ops: int = _doc("randaugment preset: operations applied to each image, each drawn from its 14 (RandAugment's N)", default=2)
+    randaugment_magnitude: float = _doc("randaugment preset: strength of every operation, 0 (none) to 30 (its strongest; "
+                                        "RandAugment's M, 9 as torchvision and timm)", default=9.0)
+    crop_min_area: float = _doc("random-resized crops of the training images: smallest fraction of the image a crop covers "
+                                "(aspect 3/4-4/3), from a larger decode (crop_decode_scale); 0 disables", default=0.0)
+    crop_decode_scale: float = _doc("with crops: training images are cached at this times image_size, and cropped from that", default=1.5)
+    label_smoothing: float = _doc("training targets: (1 - e) on the true class and e spread over all classes (0 disables)", default=0.0)
+    mixup: float = _doc("MixUp: Beta(a, a) parameter of the mixing weight, per image (0 disables)", default=0.0)
+    cutmix: float = _doc("CutMix: Beta(a, a) parameter of the kept area, per image (0 disables); with mixup too, "
+                         "each batch uses one of them, drawn with equal chances", default=0.0)
     val_fraction: float = _doc("fraction of train/ held out for validation, stratified (0: train on all, keep the last epoch)", default=0.2)
     batch_size: int = _doc("images per training step on each device (the global batch is this times the devices)", default=32)
     epochs: int = _doc("training epochs", default=10)
-    learning_rate: float = _doc("Adam learning rate", default=1e-4)
+    learning_rate: float = _doc("peak learning rate (of the schedule; the head's with layer-wise rates)", default=1e-4)
+    lr_schedule: str = _doc("constant (the study), cosine (linear warm-up, cosine decay to the floor) or one_cycle "
+                            "(half-cosine rise from 1/25 of the rate over the warm-up, default 30%, then the cosine decay)", default="constant")
+    warmup_epochs: float = _doc("epochs of warm-up, shorter than the run (0: none; one_cycle: 30% of the epochs); "
+                                "a whole number with schedule_unit epoch", default=0.0)
+    min_lr_fraction: float = _doc("cosine and one_cycle: the rate they decay to, as a fraction of the peak", default=0.0)
+    schedule_unit: str = _doc("the rate changes once per epoch or at every step", default="epoch")
+    optimizer: str = _doc("adam (the study) or adamw (Adam with decoupled weight decay, as torch's AdamW)", default="adam")
+    weight_decay: float = _doc("adamw: decoupled weight decay, rate x decay x weight per step; biases and "
+                               "normalisation scales/offsets are left alone (0 disables)", default=0.0)
+    clip_norm: float = _doc("clip gradients to this global norm (0 disables)", default=0.0)
+    ema: bool = _doc("keep an exponential moving average of the weights; validation, the checkpoint and the test use it", default=False)
+    ema_momentum: float = _doc("ema: the average's momentum per step (average = m x average + (1 - m) x weights)", default=0.999)
     optimizer_state: str = _doc("carry: one Adam for the whole run, its state carried across stages as torch.optim.Adam "
                                 "(the study); fresh: a new Keras Adam at every stage", default="fresh")
     seed: int = _doc("seed for the split, initialisation and augmentation", default=42)
@@ -97,6 +129,8 @@ class TrainConfig:
     distribute: str = _doc("auto (data-parallel on several GPUs or processes), none, or data-parallel", default="auto")
     steps_per_execution: int = _doc("training steps per compiled call (more cuts per-step overhead on fast devices)", default=1)
     jit_compile: str = _doc("XLA-compile the TensorFlow step: auto (Keras decides; on for GPUs), on, off", default="auto")
+    tta: bool = _doc("final test: also with test-time augmentation (the mean softmax of each image and its horizontal "
+                     "mirror), reported beside the plain figures as tta_test_accuracy and tta_test_loss", default=False)
 
     def validate(self) -> None:
         positive = ("image_size", "batch_size", "epochs", "steps_per_execution", "shuffle_buffer")
@@ -123,16 +157,56 @@ class TrainConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        sources = [name for name in ("demo", "data_dir", "tfds_dir") if getattr(self, name)]
-        if len(sources) > 1:
-            raise ConfigError(f"give one source of images, not {' and '.join('--' + n.replace('_', '-') for n in sources)}")
-        if self.augmentation == "study":
+        check_one_source(self)
+        if self.augmentation != "inat-keras":
             tuned = [name for name in ("flip", "rotation", "zoom", "color_jitter") if getattr(self, name) != _default(TrainConfig, name)]
             if tuned:
                 raise ConfigError(
-                    f"{', '.join(tuned)} tune the inat-keras augmentation preset; the study preset has fixed settings "
+                    f"{', '.join(tuned)} tune the inat-keras augmentation preset, not the {self.augmentation} preset "
                     "(drop them, or use --augmentation inat-keras)"
                 )
+        self.validate_regularisation()
+        self.validate_optimizer()
+
+    def validate_optimizer(self) -> None:
+        """The learning-rate schedule, AdamW, clipping and the weight average."""
+        for name, allowed in (("lr_schedule", LR_SCHEDULES), ("schedule_unit", SCHEDULE_UNITS), ("optimizer", OPTIMIZERS)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if not 0.0 <= self.warmup_epochs < self.epochs:
+            raise ConfigError(f"warmup_epochs must be in [0, epochs) = [0, {self.epochs}), got {self.warmup_epochs}")
+        if self.schedule_unit == "epoch" and self.warmup_epochs != int(self.warmup_epochs):
+            raise ConfigError(f"warmup_epochs must be a whole number with schedule_unit epoch (or use step), got {self.warmup_epochs}")
+        if not 0.0 <= self.min_lr_fraction <= 1.0:
+            raise ConfigError(f"min_lr_fraction must be in [0, 1] (a fraction of the peak rate), got {self.min_lr_fraction}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight_decay must be 0 (off) or positive, got {self.weight_decay}")
+        if self.weight_decay and self.optimizer != "adamw":
+            raise ConfigError(f"weight_decay {self.weight_decay} needs --optimizer adamw (Adam takes no weight decay here)")
+        if self.clip_norm < 0:
+            raise ConfigError(f"clip_norm must be 0 (off) or a positive global norm, got {self.clip_norm}")
+        if not 0.0 < self.ema_momentum < 1.0:
+            raise ConfigError(f"ema_momentum must be in (0, 1), got {self.ema_momentum}")
+
+    def validate_regularisation(self) -> None:
+        """The label and data-side options (label smoothing, MixUp, CutMix, RandAugment, crops)."""
+        if self.augmentation != "randaugment":
+            tuned = [n for n in ("randaugment_ops", "randaugment_magnitude") if getattr(self, n) != _default(TrainConfig, n)]
+            if tuned:
+                raise ConfigError(f"{', '.join(tuned)} tune the randaugment preset; add --augmentation randaugment")
+        if not 1 <= self.randaugment_ops <= 14:
+            raise ConfigError(f"randaugment_ops must be in [1, 14] (operations per image), got {self.randaugment_ops}")
+        if not 0.0 <= self.randaugment_magnitude <= 30.0:
+            raise ConfigError(f"randaugment_magnitude must be in [0, 30], got {self.randaugment_magnitude}")
+        if not (self.crop_min_area == 0 or 0.01 <= self.crop_min_area <= 1.0):
+            raise ConfigError(f"crop_min_area must be 0 (off) or in [0.01, 1] (a fraction of the image), got {self.crop_min_area}")
+        if not 1.0 <= self.crop_decode_scale <= 4.0:
+            raise ConfigError(f"crop_decode_scale must be in [1, 4] (times image_size), got {self.crop_decode_scale}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        for name in ("mixup", "cutmix"):
+            if not 0.0 <= getattr(self, name) <= 10.0:
+                raise ConfigError(f"{name} is a Beta(a, a) parameter: 0 (off) or in (0, 10], got {getattr(self, name)}")
 
     def image_channels(self) -> int:
         """Channels of the model's input images (RGB unless the model says otherwise)."""
@@ -190,6 +264,9 @@ class FinetuneConfig(TrainConfig):
                                 "batch statistics everywhere, scale/offset fixed in frozen units", default="frozen")
     weights: str = _doc("imagenet, keras-cv, none, or a local weights file / preset folder", default="imagenet")
     head_dropout: float = _doc("dropout before the classifier", default=0.2)
+    backbone_lr: float = _doc("the backbone's learning rate as a fraction of the head's (1: the same)", default=1.0)
+    layer_decay: float = _doc("each backbone unit (unfreeze_unit), from the top down, trains at this times the rate of "
+                              "the unit above it (1: off)", default=1.0)
 
     def validate(self) -> None:
         super().validate()
@@ -205,6 +282,9 @@ class FinetuneConfig(TrainConfig):
             raise ConfigError(f"unfreeze_start must be in [0, {max_k(self.unfreeze_unit)}], got {self.unfreeze_start}")
         if not 0.0 <= self.head_dropout < 1.0:
             raise ConfigError(f"head_dropout must be in [0, 1), got {self.head_dropout}")
+        for name in ("backbone_lr", "layer_decay"):
+            if not 0.0 < getattr(self, name) <= 1.0:
+                raise ConfigError(f"{name} must be in (0, 1] (a fraction of the rate above), got {getattr(self, name)}")
         unit = self.unfreeze_unit
         if self.k > max_k(unit):
             units = "blocks" if unit == "block" else "stage units: the stem, stages 1-6, the top conv"
@@ -215,6 +295,38 @@ class FinetuneConfig(TrainConfig):
                 f"works is {MIN_IMAGE_SIZE} (the network downsamples by 32, and keras.applications, "
                 "whose ImageNet weights it uses, refuses smaller inputs)"
             )
+
+
+@dataclass
+class StudyConfig:
+    """The whole study in one command (`run.py study`): Part A's sweep, retrained winner and test; Part B's four
+    strategies on the validation split and its final run. 0 for an epoch count or size: the run configs' own."""
+
+    data_dir: str | None = _doc("folder holding train/ and val/ (or inaturalist_12K/); fetched when missing", default=None)
+    demo: bool = _doc("the embedded demo data, with the demo settings of configs/study.yaml", default=False)
+    tfds_dir: str | None = _doc("read iNaturalist-12K from the TFDS records in this TFDS data folder (run.py tfds)", default=None)
+    output_dir: str | None = _doc("the study's folder: new, or a stopped study to resume (default runs/study-<time>)", default=None)
+    trials: int = _doc("Part A: trials of the sweep", default=30)
+    sweep: str | None = _doc("Part A: the sweep file (default configs/sweep_scratch.yaml, the study's search space)", default=None)
+    trial_epochs: int = _doc("Part A: epochs of each sweep trial (0: configs/scratch.yaml's)", default=0)
+    scratch_epochs: int = _doc("Part A: epochs of the retrained winner (0: its configuration's)", default=0)
+    scratch_image_size: int = _doc("Part A: input size of the trials and the retrained winner (0: configs/scratch.yaml's)", default=0)
+    finetune_epochs: int = _doc("Part B: epochs of every fine-tuning run (0: the configs' own)", default=0)
+    finetune_image_size: int = _doc("Part B: input size of every fine-tuning run (0: the configs' own)", default=0)
+    weights: str = _doc("Part B: imagenet, keras-cv, none (random: says nothing about transfer) or a local file or folder",
+                        default="imagenet")
+    wandb: str = _doc("W&B mode of every run and of the report: auto, online, offline, disabled", default="auto")
+    wandb_project: str = _doc("W&B project name", default="inat-keras")
+
+    def validate(self) -> None:
+        if self.trials < 1:
+            raise ConfigError(f"trials must be at least 1, got {self.trials}")
+        for name in ("trial_epochs", "scratch_epochs", "scratch_image_size", "finetune_epochs", "finetune_image_size"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be 0 (the configs' own) or a positive number, got {getattr(self, name)}")
+        if self.wandb not in WANDB_MODES:
+            raise ConfigError(f"wandb must be one of {', '.join(WANDB_MODES)}, got {self.wandb!r}")
+        check_one_source(self)
 
 
 def shipped_config(name: str) -> Path:
@@ -340,7 +452,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls) -> None:
     for f in dataclasses.fields(cls):
         kind = field_types(cls)[f.name]
         flag = "--" + f.name.replace("_", "-")
-        help_text = f.metadata.get("help", "")
+        help_text = f.metadata.get("help", "").replace("%", "%%")  # argparse formats help with %
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif kind in (int, float):

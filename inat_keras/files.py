@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -11,11 +12,19 @@ from pathlib import Path
 
 def write_text(path: Path, text: str) -> None:
     """Replace `path` by `text` in one rename; a crash leaves the old file or the new one, never a mix."""
+    with replacing(path) as f:
+        f.write(text)
+
+
+@contextlib.contextmanager
+def replacing(path: Path, newline: str | None = None):
+    """A text file to fill bit by bit (a CSV as its rows come) that replaces `path` in one rename when the block
+    ends; an error or a crash before then leaves the old file, or none."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "w") as f:
-            f.write(text)
+        with open(tmp, "w", newline=newline) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

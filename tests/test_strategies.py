@@ -18,7 +18,8 @@ from inat_keras.training.run_folder import read_history
 from inat_keras.cli import main
 from inat_keras.config import ConfigError, FinetuneConfig, build_config
 from inat_keras.models.efficientnet import build_finetune_model
-from inat_keras.training.checkpoints import evaluate_checkpoint, predict_images
+from inat_keras.serving.predict import predict_images
+from inat_keras.training.checkpoints import evaluate_checkpoint
 from inat_keras.models.strategies import layer_groups, plan_stages, schedule_metrics, stage_logger, trainable_counts
 from inat_keras.training.kinds import KINDS
 from inat_keras.training.loop import compile_model

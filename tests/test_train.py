@@ -10,7 +10,8 @@ from inat_keras.training.run_folder import read_history
 from inat_keras.cli import main
 from inat_keras.models.cnn import build_cnn
 from inat_keras.config import ConfigError, ScratchConfig, build_config
-from inat_keras.training.checkpoints import evaluate_checkpoint, predict_images
+from inat_keras.serving.predict import predict_images
+from inat_keras.training.checkpoints import evaluate_checkpoint
 from inat_keras.training.kinds import KINDS
 
 

@@ -14,6 +14,8 @@ normalisation, which is the model's first layer).
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import math
 from dataclasses import asdict, dataclass
 
@@ -21,6 +23,7 @@ import keras
 from keras.src.layers.preprocessing.data_layer import DataLayer  # Keras's own base for tf.data-safe layers
 
 from ..config import TrainConfig
+from .randaugment import rand_augment
 
 BLUR_SIGMA = (0.1, 2.0)  # torchvision GaussianBlur's default sigma range
 
@@ -37,6 +40,8 @@ class AugmentSpec:
     hue: float = 0.0  # up to this fraction of the hue circle, either way
     jitter_probability: float = 1.0
     blur_probability: float = 0.0  # a 3x3 Gaussian blur, sigma drawn from BLUR_SIGMA
+    randaugment_ops: int = 0  # RandAugment's N operations per image (data.randaugment); 0 = off
+    randaugment_magnitude: float = 0.0  # its M, 0..30
 
 
 # The study's transforms (partA/data_utils.py), without its two bugs: applied before normalisation, and
@@ -51,11 +56,14 @@ def augment_spec(config: TrainConfig) -> AugmentSpec | None:
         return None
     if config.augmentation == "study":
         spec = STUDY
+    elif config.augmentation == "randaugment":  # with horizontal flips, as torchvision's and timm's recipes
+        spec = AugmentSpec(horizontal_flip=0.5, randaugment_ops=config.randaugment_ops,
+                           randaugment_magnitude=config.randaugment_magnitude)  # fmt: skip
     else:
         spec = AugmentSpec(horizontal_flip=0.5 if config.flip else 0.0, rotation=config.rotation, zoom=config.zoom,
                            jitter=config.color_jitter)  # fmt: skip
     if config.image_channels() == 1:
-        spec = AugmentSpec(spec.horizontal_flip, spec.vertical_flip, spec.rotation, spec.zoom, blur_probability=spec.blur_probability)
+        spec = dataclasses.replace(spec, jitter=0.0, hue=0.0, jitter_probability=1.0)  # grey: no colour jitter (RandAugment copes)
     return spec if spec != AugmentSpec() else None
 
 
@@ -82,7 +90,7 @@ class Augment(DataLayer):
     def call(self, images, seed):
         b, np, spec = self.backend, self.backend.numpy, self.spec
         batch = b.shape(images)[0]
-        seeds = iter(range(16))
+        seeds = itertools.count()
 
         def uniform(low=0.0, high=1.0):
             return self.stateless_uniform((batch,), low, high, np.add(seed, [0, 7919 * next(seeds)]))
@@ -102,6 +110,8 @@ class Augment(DataLayer):
             images = np.where(chosen(spec.jitter_probability), self.jitter_colours(images, uniform), images)
         if spec.blur_probability:
             images = np.where(chosen(spec.blur_probability), self.blur(images, uniform(*BLUR_SIGMA)), images)
+        if spec.randaugment_ops:
+            images = rand_augment(self, images, uniform, spec.randaugment_ops, spec.randaugment_magnitude)
         return images
 
     def stateless_uniform(self, shape, low, high, seed):
@@ -135,6 +145,13 @@ class Augment(DataLayer):
         cos, sin = np.reshape(cos, (-1, 1)), np.reshape(sin, (-1, 1))
         x_in = reflect(cos * xs - sin * ys + cx, width, np, b)
         y_in = reflect(sin * xs + cos * ys + cy, height, np, b)
+        return self.sample(images, x_in, y_in)
+
+    def sample(self, images, x_in, y_in):
+        """Bilinear samples at (batch, height * width) input coordinates inside the image: one per output pixel."""
+        b, np = self.backend, self.backend.numpy
+        shape = b.shape(images)
+        batch, height, width = shape[0], shape[1], shape[2]
         x0, y0 = np.floor(x_in), np.floor(y_in)
         fx, fy = np.expand_dims(x_in - x0, -1), np.expand_dims(y_in - y0, -1)
         x0, y0 = b.cast(x0, "int32"), b.cast(y0, "int32")

@@ -76,10 +76,18 @@ def _members(cached: tf.data.Dataset) -> list[int]:
 _MEMORY: dict[str, tuple[tf.data.Dataset, list[int]]] = {}  # this process's filled memory caches, by cache key
 
 
+_GEOMETRIES: list[str] = []  # the image geometries of _MEMORY, most recent last
+KEPT_GEOMETRIES = 2  # a run with random-resized crops caches its training split larger than the others
+
+
 def _keep_in_memory(key: str, cached: tf.data.Dataset, members: list[int]) -> None:
-    """One image geometry at a time: a sweep over image sizes must not pile up caches."""
+    """The two most recent image geometries only: a sweep over image sizes must not pile up caches."""
     geometry = key.split("-", 1)[0]
-    for other in [k for k in _MEMORY if not k.startswith(geometry + "-")]:
+    if geometry in _GEOMETRIES:
+        _GEOMETRIES.remove(geometry)
+    _GEOMETRIES.append(geometry)
+    del _GEOMETRIES[:-KEPT_GEOMETRIES]
+    for other in [k for k in _MEMORY if k.split("-", 1)[0] not in _GEOMETRIES]:
         del _MEMORY[other]
     _MEMORY[key] = (cached, members)
 

@@ -6,6 +6,7 @@ the model's first layer, so augmentation always runs before it and saved models 
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -14,6 +15,8 @@ import tensorflow as tf
 from ..config import TrainConfig
 from .augment import Augment, augment_spec
 from .cache import cache_mode, cache_units, cached_images
+from .crops import crops_on, random_resized_crops, train_image_size
+from .mixing import mix_batch, target_spec
 from .splits import Split
 
 
@@ -26,6 +29,7 @@ def make_dataset(
     batch_size: int | None = None,
     even_batches: bool = False,
     epochs: tuple[int, int] = (0, 1),
+    classes: int | None = None,
 ) -> tf.data.Dataset:
     """Read the split's cached images (`cache`, default the config's: auto, memory or disk; decoded once,
     data.cache), then shuffle (training only, fresh every epoch), batch, prefetch. Training batches are
@@ -38,10 +42,15 @@ def make_dataset(
     `even_batches` (data parallelism splits every batch evenly over devices and processes): training
     drops a last partial batch, a different one each epoch; evaluation pads it to a full batch with
     zero-weight images, so that each real image still counts exactly once.
+
+    Training batches are, in this order: cropped from a larger decode (`crop_min_area`, data.crops), given
+    soft targets of `classes` classes (label smoothing, MixUp, CutMix: data.mixing), then augmented; all
+    seeded by the batch's (run seed, epoch, step). Validation and test keep integer labels and plain images.
     """
     batch_size = batch_size or config.batch_size
     channels = channels or config.image_channels()
-    size, mode = config.image_size, cache_mode(split, config.image_size, channels, cache or config.cache)
+    size = train_image_size(config) if training else config.image_size  # crops: a larger training decode
+    mode = cache_mode(split, size, channels, cache or config.cache)
     if training:
         units = cache_units(split, mode, config.shuffle_buffer, config.seed)
         if len(units) > 1:
@@ -52,9 +61,14 @@ def make_dataset(
             ds = shuffled_epochs(ds, len(split), config.seed, epochs, batch_size, even_batches)
         spec = augment_spec(config) if config.augment_on == "host" else None  # else the model's DeviceAugment
         augment = Augment(spec) if spec else None
+        targets = target_spec(config, classes)
 
         def to_float(x, y, seed):
             x = tf.cast(x, tf.float32)
+            if crops_on(config):
+                x = random_resized_crops(x, seed, config.crop_min_area, config.image_size)
+            if targets:
+                x, y = mix_batch(x, y, seed, targets)
             return (augment(x, seed=seed) if augment else x), y
 
         ds = ds.map(to_float, num_parallel_calls=tf.data.AUTOTUNE)
@@ -80,7 +94,14 @@ def shard_epochs(shards, seed: int, epochs: tuple[int, int], batch_size: int, dr
         order = mixed.shuffle(buffer, seed=index + seed * 100_003 + 1, reshuffle_each_iteration=False)
         return with_augment_seeds(order.batch(batch_size, drop_remainder=drop_remainder), seed, index)
 
-    return tf.data.Dataset.range(*epochs).flat_map(epoch)
+    return epoch_stream(epoch, epochs)
+
+
+def epoch_stream(epoch, epochs: tuple[int, int]) -> tf.data.Dataset:
+    """The epochs [first, last) one after another. Each epoch's seeds are Python integers: TensorFlow's
+    seed check compares (global seed, op seed) with (0, 0) in Python, which fails for a tensor op seed
+    when the run's seed is 0."""
+    return functools.reduce(tf.data.Dataset.concatenate, [epoch(index) for index in range(*epochs)])
 
 
 def with_augment_seeds(batches: tf.data.Dataset, seed: int, epoch) -> tf.data.Dataset:
@@ -108,7 +129,7 @@ def shuffled_epochs(
         order = cached.shuffle(size, seed=index + seed * 100_003, reshuffle_each_iteration=False)
         return with_augment_seeds(order.batch(batch_size, drop_remainder=drop_remainder), seed, index)
 
-    return tf.data.Dataset.range(*epochs).flat_map(epoch)
+    return epoch_stream(epoch, epochs)
 
 
 def steps_per_epoch(images: int, batch_size: int, even_batches: bool = False) -> int:

@@ -19,6 +19,7 @@ from ..errors import DataError
 from ..files import write_text
 from ..config import TrainConfig
 from .cache import cache_mode, cache_units, decode_once
+from .crops import train_image_size
 from .decode import IMAGE_EXTENSIONS, exif_orientation, unreadable_reason
 
 log = logging.getLogger(__name__)
@@ -118,22 +119,30 @@ def list_folder(folder: Path) -> Listing:
         raise DataError(f"{folder} has no class folders (expected {folder}/<class>/<image>)")
     paths, labels, unsupported, ignored = [], [], [], 0
     for label, name in enumerate(class_names):
-        found = []
-        for parent, dirs, files in os.walk(folder / name, followlinks=True):
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            for file in files:
-                path, suffix = os.path.join(parent, file), os.path.splitext(file)[1].lower()
-                if file.startswith(".") or suffix in NOT_IMAGES:
-                    ignored += 1
-                elif suffix in IMAGE_EXTENSIONS:
-                    found.append(path)
-                else:
-                    unsupported.append((path, f"not a supported image format ({', '.join(IMAGE_EXTENSIONS)})"))
+        found, odd, left_out = walk_images(folder / name)
+        unsupported, ignored = unsupported + odd, ignored + left_out
         if not found:
             raise DataError(f"class folder {folder / name} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
-        paths += sorted(found)
+        paths += found
         labels += [label] * len(found)
     return Listing(class_names, paths, labels, sorted(unsupported), ignored)
+
+
+def walk_images(folder: Path) -> tuple[list[str], list[tuple[str, str]], int]:
+    """The image files under `folder` and its nested folders (hidden ones skipped), sorted; the files of no
+    readable format, with the reason; and the count of hidden files and obvious non-images left out."""
+    found, unsupported, ignored = [], [], 0
+    for parent, dirs, files in os.walk(folder, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for file in files:
+            path, suffix = os.path.join(parent, file), os.path.splitext(file)[1].lower()
+            if file.startswith(".") or suffix in NOT_IMAGES:
+                ignored += 1
+            elif suffix in IMAGE_EXTENSIONS:
+                found.append(path)
+            else:
+                unsupported.append((path, f"not a supported image format ({', '.join(IMAGE_EXTENSIONS)})"))
+    return sorted(found), sorted(unsupported), ignored
 
 
 def _read_header(path: str) -> tuple[bool, int]:
@@ -229,7 +238,7 @@ def decode_part(split: Split, config: TrainConfig, training: bool) -> tuple[Spli
     shards the pipeline reads): the members that decoded, and the others with their reasons."""
     if not len(split):
         return split, []
-    channels, size = config.image_channels(), config.image_size
+    channels, size = config.image_channels(), train_image_size(config) if training else config.image_size
     mode = cache_mode(split, size, channels, config.cache)
     units = cache_units(split, mode, config.shuffle_buffer, config.seed) if training else [split]
     results = [decode_once(unit, size, channels, mode) for unit in units]

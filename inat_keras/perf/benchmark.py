@@ -207,21 +207,22 @@ def bench_data(model: keras.Model, config: TrainConfig, options: BenchOptions, r
     first = time.perf_counter() - start, _cpu_seconds() - cpu
     decoded = len(splits.train) + len(splits.val) + len(splits.test)
     results = {"train_images": len(splits.train), "val_images": len(splits.val)}
+    classes = len(splits.class_names)  # soft training targets (label smoothing, MixUp, CutMix) are one-hot
     if "pipeline" in options.parts:
         host = dataclasses.replace(config, augment_on="host")
         device = dataclasses.replace(config, augment_on="device")
         results["pipeline"] = {
             **_rates("first_pass", decoded, *first),
             **_rates("cached", len(splits.val), *_passes(make_dataset(splits.val, config, training=False), options)),
-            **_rates("augmented", len(splits.train), *_passes(make_dataset(splits.train, host, training=True), options)),
-            **_rates("device_feed", len(splits.train), *_passes(make_dataset(splits.train, device, training=True), options)),
+            **_rates("augmented", len(splits.train), *_passes(make_dataset(splits.train, host, training=True, classes=classes), options)),
+            **_rates("device_feed", len(splits.train), *_passes(make_dataset(splits.train, device, training=True, classes=classes), options)),
             "augmentation": dataclasses.asdict(spec) if (spec := augment_spec(config)) else None,
         }
     if "fit" in options.parts:
         timer = TrainingTimer(len(splits.train))
         epochs = 1 + options.repeats
         model.fit(
-            make_dataset(splits.train, config, training=True, epochs=(0, epochs)),
+            make_dataset(splits.train, config, training=True, epochs=(0, epochs), classes=classes),
             validation_data=make_dataset(splits.val, config, training=False),
             epochs=epochs,
             steps_per_epoch=steps_per_epoch(len(splits.train), config.batch_size),

@@ -38,8 +38,6 @@ def run_sweep(
         sweep_dir = Path(sweep_dir) if sweep_dir else new_run_dir("sweep")
         run_online(plan, sweep_dir, count, sweep_id)
         return "online", sweep_dir
-    if plan.sweep.get("early_terminate"):
-        log.warning("early_terminate is applied by W&B's server only; local trials run all their epochs")
     sweep_dir = Path(sweep_dir) if sweep_dir else new_run_dir("sweep")
     run_local(plan, sweep_dir, count)
     return "local", sweep_dir

@@ -4,6 +4,7 @@ server would, and `trials.json` in the sweep folder records every trial, so that
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import json
 import logging
@@ -21,12 +22,15 @@ from ..files import write_json
 from ..locks import LOCK, folder_lock
 from ..training import tracking
 from ..training.run_folder import BACKUP, HISTORY, METRIC_GOALS, METRICS, best_value, read_history
+from .hyperband import HyperbandStop, bands, stopped_at
 from .spec import SweepPlan, sweeps
 
 log = logging.getLogger(__name__)
 
 TRIALS_FILE, TRIALS_DIR = "trials.json", "trials"
-RUN_STATES = {state: sweeps.RunState[state] for state in ("running", "finished", "failed")}
+# A trial that early termination stopped feeds the search like a finished one, with its metric so far.
+RUN_STATES = {**{state: sweeps.RunState[state] for state in ("running", "finished", "failed")},
+              "stopped": sweeps.RunState.finished}  # fmt: skip
 
 
 def plain(value):
@@ -119,17 +123,31 @@ def trial_result(run_dir: Path) -> dict:
     }
 
 
-def run_trial(plan: SweepPlan, sweep_dir: Path, trial: dict, mode: str) -> None:
-    """Train one trial into SWEEP_DIR/trials/<name>/ and complete its record (finished or failed)."""
+def early_termination(plan: SweepPlan, sweep_dir: Path, trial: dict, trials: list[dict]) -> list:
+    """The trial's hyperband callback (none without early_terminate), judging it against the other trials."""
+    if not plan.sweep.get("early_terminate"):
+        return []
+    others = [sweep_dir / TRIALS_DIR / t["name"] for t in trials if t["name"] != trial["name"]]
+    return [HyperbandStop(plan.sweep, sweep_dir / TRIALS_DIR / trial["name"], others)]
+
+
+def run_trial(plan: SweepPlan, sweep_dir: Path, trial: dict, mode: str, callbacks: list | None = None) -> None:
+    """Train one trial into SWEEP_DIR/trials/<name>/ and complete its record (finished, stopped or failed)."""
     run_dir = sweep_dir / TRIALS_DIR / trial["name"]
     if run_dir.exists() and not (run_dir / METRICS).exists() and not (run_dir / BACKUP).is_dir():
         shutil.rmtree(run_dir)  # interrupted before its first epoch ended: nothing to resume
     try:
         if not (run_dir / METRICS).exists():  # else it finished before its record was written
+            config = plan.trial_config(trial["config"], run_dir, mode)
+            if stopped_at(run_dir):  # stopped, then killed before its report: that epoch is its last
+                config = dataclasses.replace(config, epochs=stopped_at(run_dir))
             with tracking.grouped(sweep_dir.name):
-                plan.kind.train(plan.trial_config(trial["config"], run_dir, mode), final=False)
-        trial.update(state="finished", **trial_result(run_dir))
+                plan.kind.train(config, final=False, callbacks=callbacks or [])
+        stopped = stopped_at(run_dir)
+        trial.update(state="stopped" if stopped else "finished", **trial_result(run_dir))
         trial["metric"] = trial["summary"][plan.metric]
+        if stopped:
+            trial["reason"] = f"stopped by hyperband after epoch {stopped} of {trial['config']['epochs']}"
     except DataError:
         raise
     except Exception as err:  # a trial's own failure (NaN loss, a combination the model refuses, ...)
@@ -156,10 +174,13 @@ def run_local(plan: SweepPlan, sweep_dir: Path, count: int) -> dict:
 def run_trials(plan: SweepPlan, sweep_dir: Path, count: int) -> dict:
     state = open_sweep_dir(plan, sweep_dir)
     mode = local_mode()
+    if plan.sweep.get("early_terminate"):
+        shown = ", ".join(str(b + 1) for b in bands(plan.sweep, plan.source)[:6])
+        log.info("hyperband early termination: trials are compared after epochs %s, ...", shown)
     for trial in state["trials"]:
         if trial["state"] == "running":
             log.info("rerunning the interrupted %s", trial["name"])
-            run_trial(plan, sweep_dir, trial, mode)
+            run_trial(plan, sweep_dir, trial, mode, early_termination(plan, sweep_dir, trial, state["trials"]))
             save_trials(sweep_dir, state)
     while len(state["trials"]) < count:
         number = len(state["trials"]) + 1
@@ -178,8 +199,8 @@ def run_trials(plan: SweepPlan, sweep_dir: Path, count: int) -> dict:
         state["trials"].append(trial)
         save_trials(sweep_dir, state)
         log.info("%s (%d of %d): %s", trial["name"], number, count, ", ".join(f"{k}={v}" for k, v in params.items()))
-        run_trial(plan, sweep_dir, trial, mode)
+        run_trial(plan, sweep_dir, trial, mode, early_termination(plan, sweep_dir, trial, state["trials"]))
         save_trials(sweep_dir, state)
-        shown = f"{plan.metric} {trial['metric']:.4f}" if trial["state"] == "finished" else trial["reason"]
+        shown = f"{plan.metric} {trial['metric']:.4f}" if trial["state"] != "failed" else trial["reason"]
         log.info("%s %s: %s", trial["name"], trial["state"], shown)
     return state

@@ -15,9 +15,18 @@ from .spec import SweepPlan
 
 log = logging.getLogger(__name__)
 
+STOPPED_SUMMARY = "early_terminated"  # in a W&B run's summary: W&B's early termination stopped it
+
+
+def stopped_by_agent(err: BaseException) -> bool:
+    """W&B's in-process agent stops a run (hyperband, or from the UI) by raising a bare `Exception` in its
+    thread (wandb.agents.pyagent._terminate_thread); a trial's own failures are never bare."""
+    return type(err) is Exception and not err.args
+
 
 def agent_trial(plan: SweepPlan, sweep_dir: Path) -> None:
-    """The function W&B's agent calls: its run's config holds the proposal; train it, or mark the run failed."""
+    """The function W&B's agent calls: its run's config holds the proposal; train it, or mark the run failed
+    (or, stopped by W&B, finish it as stopped: its summary keeps the best epoch so far)."""
     run = wandb.init(dir=str(sweep_dir), settings=wandb.Settings(silent=True, console="off"))
     params = {name: plain(run.config[name]) for name in plan.sweep["parameters"] if name in run.config}
     try:
@@ -25,6 +34,11 @@ def agent_trial(plan: SweepPlan, sweep_dir: Path) -> None:
     except DataError:
         raise
     except Exception as err:  # finish it as failed here: W&B's agent would stop after a few raised failures
+        if stopped_by_agent(err):
+            log.info("run %s stopped by W&B (early termination); its summary holds its best epoch so far", run.id)
+            run.summary[STOPPED_SUMMARY] = True
+            run.finish()
+            return
         log.warning("run %s failed: %s", run.id, err, exc_info=not isinstance(err, ConfigError))
         if wandb.run is run:  # training ends the run itself when the loss diverged
             run.summary["failure"] = f"{type(err).__name__}: {err}"

@@ -29,6 +29,8 @@ from ..training import tracking  # noqa: E402
 from ..training.kinds import KINDS, Kind, kind_of_options  # noqa: E402
 from ..training.run_folder import METRIC_GOALS, RUNS_DIR  # noqa: E402
 from .local import TRIALS_FILE, read_trials  # noqa: E402
+from .online import STOPPED_SUMMARY  # noqa: E402
+from .spec import BASE_PARAMETER  # noqa: E402
 
 class _ConfigDumper(yaml.SafeDumper):
     """Block-style YAML with lists on one line, like the files in configs/."""
@@ -40,6 +42,7 @@ class _ConfigDumper(yaml.SafeDumper):
 _ConfigDumper.add_representer(list, _ConfigDumper.represent_list)
 
 BEST_CONFIG, TABLE_CSV, REPORT_MD = "best_config.yaml", "trials.csv", "report.md"
+RANKED = ("finished", "stopped")  # trial states that have a metric (stopped: by early termination)
 IMPORTANCE_CSV, PARALLEL_PNG, PROGRESS_PNG = "importance.csv", "parallel_coordinates.png", "metric_over_trials.png"
 
 
@@ -64,8 +67,17 @@ class SweepRecord:
         return [name for name, spec in self.parameters.items() if "value" not in spec]
 
     def finished(self) -> list[dict]:
-        done = [t for t in self.trials if t["state"] == "finished" and _finite(t.get("metric"))]
+        """Trials with a metric, best first: those that ran all their epochs and those that early
+        termination stopped (their metric so far, as the search saw it)."""
+        done = [t for t in self.trials if t["state"] in RANKED and _finite(t.get("metric"))]
         return sorted(done, key=lambda t: t["metric"], reverse=self.maximize)
+
+    def winner(self) -> dict:
+        """The best trial that ran all its epochs; a stopped one only when none did."""
+        done = self.finished()
+        if not done:
+            raise ConfigError(f"sweep {self.name} has no finished trial with a {self.metric}")
+        return next((t for t in done if t["state"] == "finished"), done[0])
 
 
 def _finite(value) -> bool:
@@ -95,6 +107,7 @@ def from_wandb(sweep_id: str, project: str) -> SweepRecord:
     for number, run in enumerate(sorted(sweep.runs, key=lambda r: r.created_at), start=1):
         value = run.summary.get(metric)
         state = states.get(run.state, "failed")
+        state = "stopped" if state == "finished" and run.summary.get(STOPPED_SUMMARY) else state
         trials.append(
             {
                 "name": run.name,
@@ -104,6 +117,7 @@ def from_wandb(sweep_id: str, project: str) -> SweepRecord:
                 "config": {k: v for k, v in run.config.items() if k in fields},
                 "metric": value if _finite(value) else None,
                 "reason": run.summary.get("failure") or (None if state != "failed" else f"W&B state {run.state}"),
+                "epochs_run": run.summary.get("epoch/epoch"),
             }
         )
     return SweepRecord(sweep.id, kind, metric, config["parameters"], trials)
@@ -125,12 +139,10 @@ def best_config(record: SweepRecord) -> dict:
     """The winning trial's parameters over the real settings the sweep started from: not the demo-only
     options, not short-trial flags, not where the data and outputs went (the retraining command chooses).
     A W&B sweep records no such settings: its winner's whole config, less those places."""
-    finished = record.finished()
-    if not finished:
-        raise ConfigError(f"sweep {record.name} has no finished trial with a {record.metric}")
+    winner = record.winner()
     if record.settings is None:
-        return {k: v for k, v in finished[0]["config"].items() if k not in PLACE_OPTIONS}
-    return {**record.settings, **finished[0]["params"]}
+        return {k: v for k, v in winner["config"].items() if k not in PLACE_OPTIONS}
+    return {**record.settings, **{k: v for k, v in winner["params"].items() if k != BASE_PARAMETER}}
 
 
 def shown(value) -> str:
@@ -142,15 +154,17 @@ def shown(value) -> str:
 
 
 def table(record: SweepRecord) -> tuple[list[str], list[list[str]]]:
-    """Finished trials best first, then failed and interrupted ones."""
+    """Finished and early-stopped trials best first (a stopped one's metric is its best before it was
+    stopped, and its epochs say how far it ran), then failed and interrupted ones."""
     others = [t for t in record.trials if t not in record.finished()]
-    header = ["rank", "trial", "state", record.metric, *record.swept, "reason"]
+    header = ["rank", "trial", "state", record.metric, "epochs", *record.swept, "reason"]
     rows = []
     for rank, trial in enumerate(record.finished() + others, start=1):
         metric = f"{trial['metric']:.4f}" if _finite(trial.get("metric")) else ""
         params = [shown(trial["params"].get(name)) for name in record.swept]
-        rank_text = str(rank) if trial["state"] == "finished" else ""
-        rows.append([rank_text, trial["name"], trial["state"], metric, *params, trial.get("reason") or ""])
+        rank_text = str(rank) if trial["state"] in RANKED else ""
+        rows.append([rank_text, trial["name"], trial["state"], metric, shown(trial.get("epochs_run")), *params,
+                     trial.get("reason") or ""])  # fmt: skip
     return header, rows
 
 
@@ -254,7 +268,11 @@ def plot_progress(record: SweepRecord, path: Path) -> None:
     if values:
         best = np.maximum.accumulate(values) if record.maximize else np.minimum.accumulate(values)
         ax.step(numbers, best, where="post", color="tab:orange", label="best so far")
-    failed = [t["number"] for t in record.trials if t["state"] != "finished"]
+    stopped = [t for t in done if t["state"] == "stopped"]
+    if stopped:
+        ax.scatter([t["number"] for t in stopped], [t["metric"] for t in stopped], marker="v", color="tab:grey",
+                   zorder=4, label="stopped early (metric so far)")  # fmt: skip
+    failed = [t["number"] for t in record.trials if t["state"] not in RANKED]
     if failed:
         low = min(values) if values else 0.0
         ax.scatter(failed, [low] * len(failed), marker="x", color="tab:red", label="failed / interrupted")
@@ -291,7 +309,7 @@ def write_report(record: SweepRecord, out_dir: Path) -> dict[str, Path]:
         sections.append(f"Only {done} finished trial(s) for {len(factors)} columns: a hint, not a finding.")
     if record.finished():
         paths[BEST_CONFIG] = out_dir / BEST_CONFIG
-        best = record.finished()[0]
+        best = record.winner()
         comment = (
             f"# Best of sweep {record.name}: {best['name']}, {record.metric} {best['metric']:.4f} (validation split).\n"
             f"# Retrain: python run.py {record.kind.name} --config {paths[BEST_CONFIG]} --data-dir DIR\n"

@@ -13,7 +13,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import PLACE_OPTIONS, build_config, load_config, read_yaml, to_dict
+from ..config import PLACE_OPTIONS, build_config, load_config, read_yaml, shipped_config, to_dict
 from ..errors import ConfigError
 from ..training.kinds import KINDS, Kind, kind_of_options
 from ..training.run_folder import METRIC_GOALS
@@ -21,6 +21,8 @@ from ..training.run_folder import METRIC_GOALS
 with warnings.catch_warnings():  # sweeps 0.2.0 uses pydantic-1 style settings that pydantic 2 warns about
     warnings.simplefilter("ignore")
     import sweeps
+
+from .hyperband import bands  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,20 @@ PLACE_REASONS = {
     "output_dir": "trials go to SWEEP_DIR/trials/",
     "wandb": "the sweep command picks the W&B mode",
     "wandb_project": "use the sweep file's top-level `project`",
+}
+# A constant parameter that names the YAML a sweep's trials start from instead of the kind's shipped one: a
+# parameter, because W&B's server refuses unknown top-level keys and passes any parameter to its runs.
+BASE_PARAMETER = "base_config"
+# Options that matter only when another option takes one of some values. W&B sweeps have no conditional
+# parameters: a sweep that varies one where its condition may fail spends trials that differ in nothing.
+CONDITIONAL = {
+    "k": ("strategy", ("last_k",)),
+    "unfreeze_every": ("strategy", ("gradual",)),
+    "unfreeze_step": ("strategy", ("gradual",)),
+    "unfreeze_start": ("strategy", ("gradual",)),
+    "randaugment_ops": ("augmentation", ("randaugment",)),
+    "randaugment_magnitude": ("augmentation", ("randaugment",)),
+    "ema_momentum": ("ema", (True,)),
 }
 # Distributions whose bounds are values (or natural-log exponents of values) that validation can check.
 BOUNDED = ("uniform", "int_uniform", "q_uniform", "log_uniform_values", "q_log_uniform_values")
@@ -59,7 +75,12 @@ class SweepPlan:
         return self.sweep.get("project") or self.base["wandb_project"]
 
     def trial_values(self, params: dict) -> dict:
-        return {**self.base, **params, **self.overrides}
+        return {**self.base, **{k: v for k, v in params.items() if k != BASE_PARAMETER}, **self.overrides}
+
+    @property
+    def options(self) -> dict:
+        """The parameters that are options of a run (all but base_config)."""
+        return {k: v for k, v in self.sweep["parameters"].items() if k != BASE_PARAMETER}
 
     def trial_config(self, values: dict, output_dir: Path, mode: str):
         extra = {"output_dir": str(output_dir), "wandb": mode, "wandb_project": self.project}
@@ -118,6 +139,12 @@ def check_sweep_file(sweep: dict, source: str) -> Kind:
         raise ConfigError(f"{source}: parameters must be a non-empty mapping of option: {{values: [...]}}")
     known = {f.name for k in KINDS.values() for f in dataclasses.fields(k.config_class)}
     for name in parameters:
+        if name == BASE_PARAMETER:
+            spec = parameters[name]
+            if not isinstance(spec, dict) or set(spec) != {"value"} or not isinstance(spec["value"], str):
+                raise ConfigError(f"{source}: parameters.{name} names the config trials start from: give "
+                                  f"{{value: FILE.yaml}} (next to the sweep file, or in configs/), got {spec!r}")  # fmt: skip
+            continue
         if name in PLACE_OPTIONS:
             raise ConfigError(f"{source}: parameters.{name} is not sweepable: {PLACE_REASONS[name]}")
         if name not in known:
@@ -128,6 +155,8 @@ def check_sweep_file(sweep: dict, source: str) -> Kind:
         for name, spec in parameters.items():
             if not isinstance(spec, dict) or not ({"value", "values"} & set(spec)):
                 raise ConfigError(f"{source}: parameters.{name}: grid search needs value or values")
+    if "early_terminate" in sweep:
+        bands(sweep, source)
     violations = sweeps.schema_violations_from_proposed_config(sweep)
     if violations:
         raise ConfigError(f"{source}: not a valid W&B sweep file: {'; '.join(violations)}")
@@ -140,11 +169,14 @@ def load_plan(path: str | Path, overrides: dict | None = None) -> SweepPlan:
     sweep = read_yaml(path)
     kind = check_sweep_file(sweep, source)
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-    base = to_dict(load_config(kind.config_class, kind.default_config_path(), overrides))
+    base_path = base_config_path(sweep, kind, path)
+    base = to_dict(load_config(kind.config_class, base_path, overrides))
     base = {k: v for k, v in base.items() if v is not None}  # unset paths stay unset
     if base["demo"] and "image_size" not in overrides and "image_size" not in sweep["parameters"]:
         fit_demo_image_size(sweep, kind, base, source)
     for name, spec in sweep["parameters"].items():
+        if name == BASE_PARAMETER:
+            continue
         values = parameter_values(name, spec, source)
         if name in overrides and len(values) > 1:
             raise ConfigError(f"{source}: parameters.{name} is swept; drop the command-line option for it")
@@ -153,16 +185,54 @@ def load_plan(path: str | Path, overrides: dict | None = None) -> SweepPlan:
                 build_config(kind.config_class, {**base, name: value}, source=f"value {value!r}")
             except ConfigError as err:
                 raise ConfigError(f"{source}: parameters.{name}: {err}") from None
-    settings = {k: v for k, v in to_dict(load_config(kind.config_class, kind.default_config_path())).items()
+    check_conditions(sweep["parameters"], base, source)
+    settings = {k: v for k, v in to_dict(load_config(kind.config_class, base_path)).items()
                 if k not in PLACE_OPTIONS and v is not None}  # fmt: skip
     plan = SweepPlan(source, sweep, kind, base, overrides, settings)
     check_combinations(plan)
     return plan
 
 
+def base_config_path(sweep: dict, kind: Kind, path: str | Path) -> Path:
+    """The YAML that trials start from: the sweep's base_config (next to the sweep file, else a shipped
+    config), or the kind's own (configs/scratch.yaml, configs/finetune.yaml)."""
+    spec = sweep["parameters"].get(BASE_PARAMETER)
+    if spec is None:
+        return kind.default_config_path()
+    beside = Path(path).parent / spec["value"]
+    if beside.is_file():
+        return beside
+    try:
+        return shipped_config(spec["value"])
+    except ConfigError:
+        raise ConfigError(f"{path}: parameters.{BASE_PARAMETER}: {spec['value']} is neither next to the sweep "
+                          "file nor a shipped config (configs/)") from None  # fmt: skip
+
+
+def check_conditions(parameters: dict, base: dict, source: str) -> None:
+    """Refuse a swept option that does nothing in some of the sweep's trials (CONDITIONAL says why)."""
+    for name, (condition, allowed) in CONDITIONAL.items():
+        spec = parameters.get(name)
+        if spec is None or "value" in spec:
+            continue
+        if condition in parameters:
+            possible = parameter_values(condition, parameters[condition], source)
+        else:
+            possible = [base.get(condition)]
+        idle = [v for v in possible if v not in allowed]
+        if idle:
+            example = f" (as configs/sweep_finetune_{allowed[0]}.yaml)" if condition == "strategy" else ""
+            raise ConfigError(
+                f"{source}: parameters.{name} matters only when {condition} is {' or '.join(map(str, allowed))}, "
+                f"but {condition} may be {', '.join(map(str, idle))}: those trials would differ in nothing; sweep "
+                f"{name} in a file with {condition}: {{value: {allowed[0]}}}{example}"
+            )
+
+
 def fit_demo_image_size(sweep: dict, kind: Kind, base: dict, source: str) -> None:
     """Demo images are small; raise their size so that every swept architecture fits (--image-size wins)."""
-    choices = {name: parameter_values(name, spec, source) for name, spec in sweep["parameters"].items()}
+    choices = {name: parameter_values(name, spec, source) for name, spec in sweep["parameters"].items()
+               if name != BASE_PARAMETER}  # fmt: skip
     needed = kind.min_image_size(choices, base)
     if needed > base["image_size"]:
         log.warning(
@@ -177,7 +247,7 @@ def check_combinations(plan: SweepPlan, samples: int = 256) -> None:
 
     Refuses a space where no tried combination builds a model; warns about values that never do.
     """
-    choices = {name: parameter_values(name, spec, plan.source) for name, spec in plan.sweep["parameters"].items()}
+    choices = {name: parameter_values(name, spec, plan.source) for name, spec in plan.options.items()}
     if math.prod(len(values) for values in choices.values()) <= samples:
         combinations = itertools.product(*choices.values())
     else:

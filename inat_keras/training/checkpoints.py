@@ -1,4 +1,5 @@
-"""A saved checkpoint, outside any training run: loaded, re-evaluated on a test set, or asked for predictions."""
+"""A saved checkpoint, outside any training run: loaded, with its class names, and re-evaluated on a test set
+(serving.predict asks it for predictions)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from ..data.splits import Split, find_unreadable, list_images, splits_from_recor
 from ..errors import DataError
 from ..files import write_json
 from ..models import layers  # noqa: F401  (registers the layer classes that the CNN uses)
-from .evaluation import evaluate_model, image_shape, top_k
+from . import tracking
+from .evaluation import evaluate_model, image_shape
+from .loop import log_to_wandb
 from .run_folder import METRICS, SPLIT, new_run_dir, read_split
 
 log = logging.getLogger(__name__)
@@ -81,8 +84,12 @@ def test_split(checkpoint: Path, data_dir: str | None, demo: bool, class_names: 
     return Split(list(kept), list(kept.values()))
 
 
-def evaluate_checkpoint(checkpoint: str, data_dir: str | None, demo: bool, output_dir: str | None):
+def evaluate_checkpoint(checkpoint: str, data_dir: str | None, demo: bool, output_dir: str | None, tta: bool = False,
+                        wandb_mode: str = "disabled", wandb_project: str = "inat-keras"):  # fmt: skip
+    """metrics.json, predictions.csv and the pictures in a new folder; with `wandb_mode` not disabled, the same
+    in a W&B run of its own (the metrics, the pictures, the predictions table)."""
     checkpoint = Path(checkpoint)
+    wandb_mode = tracking.resolve_mode(wandb_mode)  # before any folder exists
     model = load_checkpoint(checkpoint)
     class_names = class_names_for(checkpoint, model, data_dir, demo)
     test = test_split(checkpoint, data_dir, demo, class_names)
@@ -93,20 +100,11 @@ def evaluate_checkpoint(checkpoint: str, data_dir: str | None, demo: bool, outpu
     out_dir.mkdir(parents=True, exist_ok=True)
     config = TrainConfig(image_size=size, batch_size=32, augment=False)
     dataset = make_dataset(test, config, training=False, channels=channels)
-    metrics, _ = evaluate_model(model, test, dataset, class_names, out_dir)
+    run = tracking.start_run({"checkpoint": str(checkpoint), "tta": tta, "backend": keras.backend.backend()}, out_dir,
+                             wandb_mode, wandb_project)  # fmt: skip
+    metrics, pictures = evaluate_model(model, test, dataset, class_names, out_dir, tta=tta, wandb_run=run)
     metrics.update({"checkpoint": str(checkpoint), "params": int(model.count_params()), "backend": keras.backend.backend()})
     write_json(out_dir / METRICS, metrics)
+    log_to_wandb(run, metrics, pictures)
+    run.finish()
     return out_dir, metrics
-
-
-def predict_images(checkpoint: str, images: list[str], data_dir: str | None, demo: bool, k: int = 3):
-    """(path, top-k) for every readable image, and (path, reason) for every file that is not one."""
-    checkpoint = Path(checkpoint)
-    model = load_checkpoint(checkpoint)
-    class_names = class_names_for(checkpoint, model, data_dir, demo)
-    missing = [(p, "no such file") for p in images if not Path(p).is_file()]
-    present = [p for p in images if Path(p).is_file()]
-    unreadable = find_unreadable(present)
-    bad = dict(missing + unreadable)
-    good = [p for p in images if p not in bad]
-    return list(zip(good, top_k(model, good, class_names, k))), [(p, bad[p]) for p in images if p in bad]

@@ -1,17 +1,32 @@
-"""A model on the test split: logits, metrics and pictures; and top-k classes for image files."""
+"""A model on the test split: logits, metrics, the error analysis and its pictures; top-k classes for image files."""
 
 from __future__ import annotations
 
+import csv
+import io
 from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
+from PIL import Image
 
-from ..analysis.plots import grid_indices, plot_confusion, plot_predictions
+from ..analysis import errors
+from ..analysis.plots import grid_indices, plot_confusion, plot_predictions, plot_reliability, plot_top_losses
 from ..data.cache import tagged
 from ..data.decode import exif_orientation
 from ..data.splits import Split
+from ..errors import DataError
+from ..files import write_text
+from . import tracking
+from .run_folder import PREDICTIONS
+
+EAGER_LIMIT = 32  # TensorFlow runs at most this many images op by op (runs_eagerly says why)
+TOP_K = 3  # classes per image in predictions.csv and the W&B table
+TOP_LOSSES = 12  # images in top_losses.png
+THUMBNAIL = 128  # largest side of the W&B table's pictures, in pixels
+PICTURES = ("confusion_matrix", "predictions_grid", "top_losses", "reliability_diagram")  # NAME.png in the folder
+TTA_METHOD = "mean softmax of each image and its horizontal mirror"
 
 
 def image_shape(model: keras.Model) -> tuple[int, int]:
@@ -32,52 +47,186 @@ def split_images(split: Split, size: int, channels: int) -> np.ndarray:
     return np.stack([x for _, x, _ in tagged(split, size, channels).as_numpy_iterator()])
 
 
-def predict_logits(model: keras.Model, dataset: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
-    logits, labels = [], []
-    for x, y in dataset:
-        logits.append(keras.ops.convert_to_numpy(model(keras.ops.convert_to_tensor(x.numpy()), training=False)))
-        labels.append(y.numpy())
+def runs_eagerly(images: int) -> bool:
+    """TensorFlow runs a few images op by op: tracing a predict function costs more than the whole call
+    (EfficientNetV2-S, 2 images at 32 px on CPU: 0.7 s eager, 4.7 s traced). JAX always runs the jitted
+    predict step: op by op it compiles every operation on its own (a tiny CNN's first call: 5.7 s, jitted 0.5 s)."""
+    return keras.backend.backend() == "tensorflow" and images <= EAGER_LIMIT
+
+
+def forward(model: keras.Model, images: np.ndarray, eager: bool) -> np.ndarray:
+    """Logits of one batch, in inference mode."""
+    if eager:
+        return keras.ops.convert_to_numpy(model(keras.ops.convert_to_tensor(images), training=False))
+    return np.asarray(model.predict_on_batch(images))
+
+
+def predict_logits(model: keras.Model, dataset: tf.data.Dataset, flip: bool = False, eager: bool = False):
+    """(logits, labels) of every image of `dataset`, in its order; of each image's horizontal mirror with
+    `flip`. Batches are (images, labels) or (images, labels, weights), whose zero-weight padding
+    (data.pipeline.padded) is dropped. Compiled (not `eager`), a short last batch is padded with black
+    images to the first batch's size, so that the predict step compiles once, and their rows are cut off."""
+    logits, labels, size = [], [], None
+    for x, y, padded_size in unpadded(dataset):
+        size = size or padded_size
+        if flip:
+            x = np.ascontiguousarray(x[:, :, ::-1])
+        count = len(x)
+        if not eager and count < size:
+            x = np.concatenate([x, np.zeros((size - count, *x.shape[1:]), x.dtype)])
+        logits.append(forward(model, x, eager)[:count])
+        labels.append(y)
     return np.concatenate(logits).astype(np.float32), np.concatenate(labels)
 
 
-def test_metrics(logits: np.ndarray, labels: np.ndarray, class_names: list[str]) -> dict:
-    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(labels, logits)
+def unpadded(dataset: tf.data.Dataset):
+    """(images, labels, batch size before) per batch, without the zero-weight padding of (x, y, weight) batches."""
+    for x, y, *weights in dataset.as_numpy_iterator():
+        size = len(x)
+        if weights:
+            x, y = x[weights[0] > 0], y[weights[0] > 0]
+        yield x, y, size
+
+
+def gather_images(dataset: tf.data.Dataset, indices) -> np.ndarray:
+    """The images at `indices` (positions in `dataset`), as uint8 pixels, in one pass over the cached
+    dataset: no file is decoded again."""
+    indices = np.asarray(indices, int)
+    found, start = None, 0
+    for x, _, _ in unpadded(dataset):
+        if found is None:
+            found = np.zeros((len(indices), *x.shape[1:]), np.uint8)
+        inside = (indices >= start) & (indices < start + len(x))
+        found[inside] = x[indices[inside] - start]
+        start += len(x)
+    return found
+
+
+def test_metrics(logits: np.ndarray, labels: np.ndarray, class_names: list[str], flipped_logits=None) -> dict:
+    """The test report of metrics.json; with `flipped_logits` (of the mirrored images) also the TTA figures."""
+    log_probs = errors.log_probabilities(logits)
+    probabilities = np.exp(log_probs)
     predicted = logits.argmax(axis=1)
+    correct = predicted == labels
     per_class = {
-        name: float((predicted[labels == i] == i).mean()) if (labels == i).any() else None
-        for i, name in enumerate(class_names)
+        name: float(correct[labels == i].mean()) if (labels == i).any() else None for i, name in enumerate(class_names)
     }
-    return {
-        "test_loss": float(keras.ops.convert_to_numpy(loss)),
-        "test_accuracy": float((predicted == labels).mean()),
+    metrics = {
+        "test_loss": float(errors.losses(log_probs, labels).mean()),
+        "test_accuracy": float(correct.mean()),
+        "test_accuracy_ci95": list(errors.bootstrap_interval(correct)),
         "test_images": int(len(labels)),
         "per_class_test_accuracy": per_class,
+        "per_class": errors.per_class_scores(labels, predicted, class_names),
+        "most_confused": errors.most_confused(labels, predicted, class_names),
+        "expected_calibration_error": errors.expected_calibration_error(probabilities, labels),
     }
+    if flipped_logits is not None:
+        averaged = errors.averaged_log_probabilities(log_probs, errors.log_probabilities(flipped_logits))
+        metrics.update({
+            "tta_test_loss": float(errors.losses(averaged, labels).mean()),
+            "tta_test_accuracy": float((averaged.argmax(axis=1) == labels).mean()),
+            "tta": TTA_METHOD,
+        })  # fmt: skip
+    return metrics
 
 
-def evaluate_model(model: keras.Model, test: Split, test_ds, class_names: list[str], out_dir: Path, seed: int = 0):
-    """Metrics and both pictures for a model on the test split; returns (metrics, picture paths)."""
-    logits, labels = predict_logits(model, test_ds)
-    metrics = test_metrics(logits, labels, class_names)
-    predicted = logits.argmax(axis=1)
-    probabilities = keras.ops.convert_to_numpy(keras.ops.softmax(logits, axis=-1))
-    confusion_path, grid_path = out_dir / "confusion_matrix.png", out_dir / "predictions_grid.png"
-    plot_confusion(labels, predicted, class_names, confusion_path)
-    chosen = grid_indices(labels, seed)
-    size, channels = image_shape(model)
-    images = split_images(test.take(chosen), size, channels)
-    plot_predictions(
-        images, labels[chosen], predicted[chosen], probabilities[chosen, predicted[chosen]], class_names, grid_path
-    )
-    return metrics, {"confusion_matrix": confusion_path, "predictions_grid": grid_path}
+def evaluate_model(model: keras.Model, test: Split, test_ds, class_names: list[str], out_dir: Path, seed: int = 0,
+                   tta: bool = False, wandb_run=None):  # fmt: skip
+    """Metrics, predictions.csv and the pictures for a model on the test split; returns (metrics, picture
+    paths). With `tta`, also the test-time-augmented figures; with a W&B run that logs, the predictions table."""
+    eager = runs_eagerly(len(test))
+    logits, labels = predict_logits(model, test_ds, eager=eager)
+    if len(labels) != len(test):
+        raise DataError(f"the test pipeline gave {len(labels)} images for a test list of {len(test)}")
+    flipped = predict_logits(model, test_ds, flip=True, eager=eager)[0] if tta else None
+    metrics = test_metrics(logits, labels, class_names, flipped)
+    log_probs = errors.log_probabilities(logits)
+    probabilities, image_losses, predicted = np.exp(log_probs), errors.losses(log_probs, labels), logits.argmax(axis=1)
+    rows = prediction_rows(test.paths, labels, probabilities, image_losses, class_names)
+    write_predictions(out_dir / PREDICTIONS, rows)
+
+    pictures = {name: out_dir / f"{name}.png" for name in PICTURES}
+    plot_confusion(labels, predicted, class_names, pictures["confusion_matrix"])
+    chosen = np.array(grid_indices(labels, seed), int)
+    worst = errors.top_loss_indices(image_losses, labels, predicted, TOP_LOSSES)
+    images = gather_images(test_ds, np.concatenate([chosen, worst]))
+    plot_predictions(images[: len(chosen)], labels[chosen], predicted[chosen], probabilities[chosen, predicted[chosen]],
+                     class_names, pictures["predictions_grid"])  # fmt: skip
+    plot_top_losses(images[len(chosen) :], labels[worst], predicted[worst],
+                    probabilities[worst, predicted[worst]], probabilities[worst, labels[worst]], image_losses[worst],
+                    class_names, pictures["top_losses"])  # fmt: skip
+    plot_reliability(errors.reliability_bins(probabilities, labels), metrics["expected_calibration_error"],
+                     pictures["reliability_diagram"])  # fmt: skip
+    if tracking.logs_to_wandb(wandb_run):
+        wandb_run.log({"test_predictions": tracking.predictions_table(thumbnails(test_ds), rows)})
+    return metrics, pictures
+
+
+def prediction_rows(paths: list[str], labels: np.ndarray, probabilities: np.ndarray, image_losses: np.ndarray,
+                    class_names: list[str]) -> list[dict]:  # fmt: skip
+    """One row per image: path, true and predicted class, the top TOP_K classes with probabilities (blank
+    where there are fewer classes), loss."""
+    best = errors.top_classes(probabilities, min(TOP_K, len(class_names)))
+    rows = []
+    for i, path in enumerate(paths):
+        row = {"path": path, "true_class": class_names[labels[i]], "predicted_class": class_names[best[i, 0]]}
+        for rank in range(TOP_K):
+            ranked = rank < best.shape[1]
+            row[f"top{rank + 1}_class"] = class_names[best[i, rank]] if ranked else ""
+            row[f"top{rank + 1}_probability"] = float(f"{probabilities[i, best[i, rank]]:.6g}") if ranked else ""
+        row["loss"] = float(f"{image_losses[i]:.6g}")
+        rows.append(row)
+    return rows
+
+
+def write_predictions(path: Path, rows: list[dict]) -> None:
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]) if rows else ["path"], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, text.getvalue())
+
+
+PREDICTION_COLUMNS = ("path", "true_class", "predicted_class", "loss")  # what read_predictions needs
+
+
+def read_predictions(path: Path) -> dict[str, np.ndarray]:
+    """A predictions.csv as arrays: path, true_class, predicted_class (names) and loss."""
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise DataError(f"cannot read {path}: {getattr(err, 'strerror', None) or err}") from None
+    missing = [c for c in PREDICTION_COLUMNS if not rows or c not in rows[0]]
+    if missing:
+        raise DataError(f"{path} is not a predictions file of inat-keras: no rows or no {', '.join(missing)} column")
+    try:
+        loss = np.array([float(r["loss"]) for r in rows])
+    except ValueError as err:
+        raise DataError(f"{path}: a loss is not a number ({err})") from None
+    table = {name: np.array([r[name] for r in rows]) for name in PREDICTION_COLUMNS if name != "loss"}
+    return {**table, "loss": loss}
+
+
+def thumbnails(dataset: tf.data.Dataset) -> list[np.ndarray]:
+    """The dataset's images at most THUMBNAIL pixels wide (a whole test set at full size may not fit in memory)."""
+    small = []
+    for x, _, _ in unpadded(dataset):
+        for image in x.astype(np.uint8):
+            picture = Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image)
+            picture.thumbnail((THUMBNAIL, THUMBNAIL))
+            small.append(np.asarray(picture))
+    return small
 
 
 def top_k(model: keras.Model, paths: list[str], class_names: list[str], k: int = 3) -> list[list[tuple[str, float]]]:
     size, channels = image_shape(model)
     images = load_images(paths, size, channels).astype("float32")
-    probabilities = keras.ops.convert_to_numpy(keras.ops.softmax(model.predict(images, verbose=0), axis=-1))
-    results = []
-    for row in probabilities:
-        best = np.argsort(row)[::-1][:k]
-        results.append([(class_names[i], float(row[i])) for i in best])
-    return results
+    if len(images) <= EAGER_LIMIT:  # one call; predict would also build a data adapter and its loop
+        logits = forward(model, images, runs_eagerly(len(images)))
+    else:
+        logits = model.predict(images, verbose=0)
+    probabilities = np.exp(errors.log_probabilities(logits))
+    best = errors.top_classes(probabilities, k)
+    return [[(class_names[i], float(row[i])) for i in ranked] for row, ranked in zip(probabilities, best)]

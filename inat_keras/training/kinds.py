@@ -20,6 +20,7 @@ from ..errors import ConfigError
 from ..models.cnn import build_cnn, check_geometry, min_image_size
 from ..models.efficientnet import build_finetune_model
 from ..models.strategies import Stage, plan_stages, schedule_metrics, stage_logger
+from .layer_rates import layer_rate_factors
 from .loop import run_training
 
 
@@ -37,6 +38,7 @@ class Kind:
     plan_stages: Callable[[keras.Model, TrainConfig], list[Stage]] = one_stage
     callbacks: Callable[[keras.Model], list] = lambda model: []
     metrics: Callable[[keras.Model, list[Stage]], dict] = lambda model, stages: {}
+    rate_factors: Callable[[keras.Model, TrainConfig], dict] = lambda model, config: {}  # {variable path: rate factor}
     check: Callable[[TrainConfig], None] = lambda config: None  # raises ConfigError for a model it cannot build
     min_image_size: Callable[[dict, dict], int] = lambda choices, base: 1  # for a sweep's choices and base options
 
@@ -47,9 +49,10 @@ class Kind:
         strategy = getattr(config, "strategy", None)
         return f"{self.name}-{strategy}" if strategy else self.name
 
-    def train(self, config: TrainConfig, final: bool = True) -> tuple[Path, dict]:
-        """A final run ends with the test set; a sweep trial (final=False) never touches it."""
-        return run_training(config, self, final)
+    def train(self, config: TrainConfig, final: bool = True, callbacks: list | None = None) -> tuple[Path, dict]:
+        """A final run ends with the test set; a sweep trial (final=False) never touches it. `callbacks`
+        join every stage's fit (a local sweep's early termination)."""
+        return run_training(config, self, final, callbacks)
 
     def own_options(self) -> set[str]:
         """Options that only this kind has (the shared training options excluded)."""
@@ -84,7 +87,7 @@ KINDS = {
     ),
     "finetune": Kind(
         "finetune", FinetuneConfig, "finetune.yaml", "efficientnet", augmented(build_finetune_model), plan_stages=plan_stages,
-        callbacks=stage_logger, metrics=schedule_metrics,
+        callbacks=stage_logger, metrics=schedule_metrics, rate_factors=layer_rate_factors,
     ),
 }  # fmt: skip
 

@@ -35,8 +35,10 @@ from .callbacks import (
     StagedEarlyStopping,
 )
 from .distribute import Placement, place
+from .ema import AverageSwap
 from .evaluation import evaluate_model
-from .optimizers import CarriedAdam
+from .losses import loss_and_metrics
+from .optimizers import CarriedAdam, make_optimizer
 from .run_folder import (
     BACKUP,
     CHECKPOINT,
@@ -53,6 +55,7 @@ from .run_folder import (
     worker_run_dir,
     write_split,
 )
+from .schedules import LearningRateLogger, run_schedule
 
 if TYPE_CHECKING:
     from .kinds import Kind
@@ -85,18 +88,27 @@ def prepare_splits(config: TrainConfig, run_dir: Path, resuming: bool) -> Splits
     return splits
 
 
-def compile_model(model: keras.Model, config: TrainConfig, optimizer: CarriedAdam | None = None) -> None:
-    """With `optimizer` (carried state), that one, told which variables train now; else a fresh Adam:
-    Keras cannot recompile with one of its optimizers that saw other variables."""
+def compile_model(model: keras.Model, config: TrainConfig, optimizer: CarriedAdam | None = None, steps_per_epoch: int = 1,
+                  start_step: int = 0, rate_factors: dict | None = None, batch_spec=None) -> None:  # fmt: skip
+    """With `optimizer` (carried state), that one, told which variables train now; else a fresh Adam (Keras
+    cannot recompile with one of its optimizers that saw other variables) whose schedule starts at
+    `start_step`, the run's steps before this stage. `rate_factors`: {variable path: factor} (layer_rates).
+    `batch_spec` (the training batches' element_spec) builds the loss and metrics now too."""
     if optimizer is not None:
         optimizer.activate(model.trainable_variables)
+    else:
+        optimizer = make_optimizer(config, model, run_schedule(config, steps_per_epoch, start_step), rate_factors)
     model.compile(
-        optimizer=optimizer or keras.optimizers.Adam(config.learning_rate),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        weighted_metrics=["accuracy"],  # so that zero-weight padding (data.pipeline.padded) is not counted
+        optimizer=optimizer,
+        **loss_and_metrics(config),  # loss and weighted_metrics (training.losses)
         steps_per_execution=config.steps_per_execution,
         jit_compile={"auto": "auto", "on": True, "off": False}[config.jit_compile],
     )
+    # Built now (a LossScaleOptimizer's own variables too), not in the first trace, where TensorFlow would create
+    # them and trace the step a second time. Keras builds this way itself (`_symbolic_build`) under tf.distribute.
+    model.optimizer.build(model.trainable_variables)
+    if batch_spec is not None:
+        model._symbolic_build(data_batch=batch_spec)
 
 
 @contextlib.contextmanager
@@ -115,10 +127,12 @@ def make_callbacks(config: TrainConfig, run_dir: Path, images_per_epoch: int, ex
     the checkpoint (RunCheckpoint says why)."""
     callbacks = [
         EpochTimer(images_per_epoch),
+        LearningRateLogger(),
         *extra,
         keras.callbacks.TerminateOnNaN(),
         ResumableCSVLogger(str(run_dir / HISTORY)),
         StagedBackupAndRestore(str(run_dir / BACKUP), double_checkpoint=True, delete_checkpoint=False),
+        *([AverageSwap()] if config.ema else []),  # after the backup, before the checkpoint (training.ema)
         RunCheckpoint(run_dir, validated=config.val_fraction > 0),
         tracking.MetricsLogger(),
     ]
@@ -130,28 +144,32 @@ def make_callbacks(config: TrainConfig, run_dir: Path, images_per_epoch: int, ex
     return callbacks
 
 
-def carried_optimizer(model: keras.Model, stages: list[Stage], config: TrainConfig) -> CarriedAdam:
-    """One Adam with a slot for every variable that any stage trains (model order)."""
+def carried_optimizer(model: keras.Model, stages: list[Stage], config: TrainConfig, steps_per_epoch: int = 1,
+                      rate_factors: dict | None = None) -> CarriedAdam:  # fmt: skip
+    """One Adam with a slot for every variable that any stage trains (model order); its iterations count
+    the whole run, so its schedule starts at step 0."""
     candidates = set()
     with flags_kept(model):
         for stage in stages:
             stage.apply(model)
             candidates |= {id(v) for v in model.trainable_variables}
-    return CarriedAdam([v for v in model.variables if id(v) in candidates], learning_rate=config.learning_rate)
+    schedule = run_schedule(config, steps_per_epoch)
+    return make_optimizer(config, model, schedule, rate_factors, [v for v in model.variables if id(v) in candidates])
 
 
-def run_training(config: TrainConfig, kind: Kind, final: bool = True) -> tuple[Path, dict]:
+def run_training(config: TrainConfig, kind: Kind, final: bool = True, callbacks: list | None = None) -> tuple[Path, dict]:
     """Train in stages (one for scratch), then, for a final run, evaluate the checkpoint on the test split.
 
     A run that is not final (a sweep trial) never touches the test set: its metrics.json, folder and W&B
     run hold validation and timing figures only. With several processes only the first writes the run
     folder, W&B and the test report; the others return the shared folder's path and no metrics.
+    `callbacks` join every stage's fit, before the history row is written (a sweep's early termination).
     """
     placement = place(config.distribute)
     if not placement.is_chief:
         run_dir, resuming = worker_run_dir(config.output_dir)
         try:
-            fit_stages(dataclasses.replace(config, wandb="disabled"), kind, run_dir, resuming, placement)
+            fit_stages(dataclasses.replace(config, wandb="disabled"), kind, run_dir, resuming, placement, callbacks)
         finally:
             shutil.rmtree(run_dir, ignore_errors=True)
         return Path(config.output_dir or run_dir), {}
@@ -159,12 +177,14 @@ def run_training(config: TrainConfig, kind: Kind, final: bool = True) -> tuple[P
     run_dir = Path(config.output_dir) if config.output_dir else new_run_dir(kind.run_name(config))
     with folder_lock(run_dir):
         resuming = open_run_dir(run_dir, config)
-        return finish_run(dataclasses.replace(config, output_dir=str(run_dir)), kind, run_dir, resuming, placement, final)
+        return finish_run(dataclasses.replace(config, output_dir=str(run_dir)), kind, run_dir, resuming, placement, final,
+                          callbacks)  # fmt: skip
 
 
-def finish_run(config: TrainConfig, kind: Kind, run_dir: Path, resuming: bool, placement: Placement, final: bool):
+def finish_run(config: TrainConfig, kind: Kind, run_dir: Path, resuming: bool, placement: Placement, final: bool,
+               callbacks: list | None = None):  # fmt: skip
     """Train, then write the report: the part of a run that holds its folder's lock."""
-    fitted = fit_stages(config, kind, run_dir, resuming, placement)
+    fitted = fit_stages(config, kind, run_dir, resuming, placement, callbacks)
     history = read_history(run_dir / HISTORY)
     if any(not math.isfinite(float(r["loss"])) for r in history if r.get("loss") not in (None, "", "NA")):
         fitted.wandb_run.finish(exit_code=1)
@@ -180,7 +200,8 @@ def finish_run(config: TrainConfig, kind: Kind, run_dir: Path, resuming: bool, p
     metrics, pictures = {}, {}
     if final:
         test_ds = make_dataset(splits.test, config, training=False)
-        metrics, pictures = evaluate_model(best, splits.test, test_ds, splits.class_names, run_dir, config.seed)
+        metrics, pictures = evaluate_model(best, splits.test, test_ds, splits.class_names, run_dir, config.seed,
+                                          config.tta, fitted.wandb_run)  # fmt: skip
     metrics.update(
         {
             "best_val_accuracy": best_in_history(run_dir),
@@ -226,7 +247,8 @@ def timings(history: list[dict], train_images: int) -> dict:
     }
 
 
-def fit_stages(config: TrainConfig, kind: Kind, run_dir: Path, resuming: bool, placement: Placement) -> Fitted:
+def fit_stages(config: TrainConfig, kind: Kind, run_dir: Path, resuming: bool, placement: Placement,
+               extra_callbacks: list | None = None) -> Fitted:  # fmt: skip
     """Build and compile inside the placement's scope (each stage's recompile too), and fit."""
     keras.utils.set_random_seed(config.seed)
     splits = prepare_splits(config, run_dir, resuming)
@@ -256,26 +278,28 @@ def fit_stages(config: TrainConfig, kind: Kind, run_dir: Path, resuming: bool, p
             resume_id=run_id_file.read_text().strip() if resuming and run_id_file.exists() else None,
         )  # fmt: skip
         run_id_file.write_text(wandb_run.id)
-        callbacks = make_callbacks(config, run_dir, len(splits.train), kind.callbacks(model))
+        callbacks = make_callbacks(config, run_dir, len(splits.train), kind.callbacks(model) + list(extra_callbacks or []))
         callbacks = padding + callbacks
-        optimizer = carried_optimizer(model, stages, config) if config.optimizer_state == "carry" else None
+        per_epoch = steps_per_epoch(len(splits.train), batch, even)
+        rate_factors = kind.rate_factors(model, config)
+        optimizer = carried_optimizer(model, stages, config, per_epoch, rate_factors) if config.optimizer_state == "carry" else None
         start = resumed_epoch(run_dir)
         for stage in stages:
             if stage.stop <= start:
                 continue
             stage.apply(model)
-            compile_model(model, config, optimizer)
             first = max(stage.start, start)
             shown = f"epoch {stage.stop}" if stage.stop == first + 1 else f"epochs {first + 1}-{stage.stop}"
             log.info("stage %s: %s", stage.label, shown)
             train_ds = make_dataset(splits.train, config, training=True, batch_size=batch, even_batches=even,
-                                    epochs=(first, stage.stop))  # fmt: skip
+                                    epochs=(first, stage.stop), classes=len(splits.class_names))  # fmt: skip
+            compile_model(model, config, optimizer, per_epoch, stage.start * per_epoch, rate_factors, train_ds.element_spec)
             model.fit(
                 train_ds,
                 validation_data=val_ds,
                 initial_epoch=stage.start,
                 epochs=stage.stop,
-                steps_per_epoch=steps_per_epoch(len(splits.train), batch, even),
+                steps_per_epoch=per_epoch,
                 callbacks=callbacks,
                 shuffle=False,  # the tf.data pipeline shuffles
                 verbose=1 if sys.stdout.isatty() else 2,

@@ -8,6 +8,13 @@ another (and its bias correction counts the optimizer's steps, not the variable'
 holds a slot for every variable that any stage trains, and `activate` tells it, before each stage's
 compile, which of them train now. Its variables never change, so a backup taken in one stage restores
 into any other. It uses torch's update (eps added to the bias-corrected root of the second moment).
+
+The recipe's options live in `RecipeUpdates`, shared by CarriedAdam and `RecipeAdam` (Keras's Adam, fresh
+at every stage): per-variable learning-rate factors (layer-wise rates), fixed when the optimizer is built,
+and torch's decoupled weight decay (`p -= lr * factor * wd * p`, before the Adam step), both applied in
+`update_step`, so they hold wherever Keras calls it (inside a LossScaleOptimizer, under tf.distribute,
+in JAX's stateless step). Clipping by global norm and the weight average (EMA) are Keras's own
+(`global_clipnorm`, `use_ema`).
 """
 
 from __future__ import annotations
@@ -16,8 +23,53 @@ import keras
 from keras import ops
 from keras.src.utils.tracking import no_automatic_dependency_tracking  # what Keras's own optimizers use
 
+from ..models.strategies import sublayers
 
-class CarriedAdam(keras.optimizers.Optimizer):
+
+class RecipeUpdates:
+    """Mixin for a Keras optimizer: per-variable rate factors (by variable path; 1 elsewhere) and decoupled
+    weight decay on the variables that `exclude_from_weight_decay` leaves in."""
+
+    def __init__(self, *args, weight_decay=None, rate_factors=None, no_decay=(), **kwargs):
+        super().__init__(*args, **kwargs)  # Keras's own weight decay stays off: it would use the unscaled rate
+        self.decoupled_weight_decay = float(weight_decay or 0.0)
+        self.rate_factors = dict(rate_factors or {})
+        self.exclude_from_weight_decay(var_list=list(no_decay))  # before build, as Keras asks
+
+    @no_automatic_dependency_tracking
+    def build(self, variables):
+        if self.built:
+            return
+        super().build(variables)
+        self._factors = {self._var_key(v): float(self.rate_factors.get(v.path, 1.0)) for v in variables}
+
+    def decay_and_scale(self, variable, learning_rate):
+        """The variable's own rate; its decoupled decay applied with that rate (first, as torch's AdamW)."""
+        factor = self._factors[self._var_key(variable)]
+        if factor != 1.0:
+            learning_rate = ops.multiply(ops.cast(learning_rate, variable.dtype), factor)
+        if self.decoupled_weight_decay and self._use_weight_decay(variable):
+            decay = ops.multiply(ops.cast(learning_rate, variable.dtype), self.decoupled_weight_decay)
+            self.assign_sub(variable, ops.multiply(variable, decay))
+        return learning_rate
+
+    def update_step(self, gradient, variable, learning_rate):
+        super().update_step(gradient, variable, self.decay_and_scale(variable, learning_rate))
+
+    def finalize_variable_values(self, var_list):
+        """Keras's fit puts the average into the weights at the end of every fit; a stage's end is not the
+        run's: the average reaches the checkpoint through ema.AverageSwap, and training goes on from the raw weights."""
+
+    def get_config(self):
+        return {**super().get_config(), "weight_decay": self.decoupled_weight_decay or None, "rate_factors": dict(self.rate_factors)}
+
+
+@keras.saving.register_keras_serializable(package="inat_keras")
+class RecipeAdam(RecipeUpdates, keras.optimizers.Adam):
+    """Keras's Adam (AdamW with a weight decay) with the recipe's per-variable rates: the fresh-per-stage optimizer."""
+
+
+class CarriedAdam(RecipeUpdates, keras.optimizers.Optimizer):
     def __init__(self, candidates, learning_rate=1e-4, beta_1=0.9, beta_2=0.999, epsilon=1e-8, name="carried_adam", **kwargs):
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
         self.beta_1, self.beta_2, self.epsilon = beta_1, beta_2, epsilon
@@ -29,6 +81,7 @@ class CarriedAdam(keras.optimizers.Optimizer):
             return
         super().build(variables)
         self.candidates = list(variables)
+        self.candidate_averages = list(getattr(self, "_model_variables_moving_average", []))
         self.candidate_slots = {self._var_key(v): i for i, v in enumerate(variables)}
         self.first_moments = [self.add_variable_from_reference(v, "m") for v in variables]
         self.second_moments = [self.add_variable_from_reference(v, "v") for v in variables]
@@ -45,8 +98,20 @@ class CarriedAdam(keras.optimizers.Optimizer):
         # attributes: pointing them at the active variables (and their candidate slots) is the whole trick.
         self._trainable_variables = trainable
         self._trainable_variables_indices = {self._var_key(v): self.candidate_slots[self._var_key(v)] for v in trainable}
+        if self.use_ema:  # Keras pairs the average list with the trainable list by position
+            self._model_variables_moving_average = [self.candidate_averages[self._get_variable_index(v)] for v in trainable]
+
+    def _update_model_variables_moving_average(self, trainable_variables):
+        """Keras starts every average at the optimizer's first step; here each variable's starts at its own
+        first step (a unit unfrozen later would otherwise average from zero)."""
+        for variable in trainable_variables:
+            slot = self._get_variable_index(variable)
+            average, step = self.candidate_averages[slot], self.steps[slot]
+            momentum = ops.multiply(ops.cast(ops.greater(step, 1.0), variable.dtype), self.ema_momentum)
+            self.assign(average, ops.add(ops.multiply(momentum, average), ops.multiply(ops.subtract(1.0, momentum), variable)))
 
     def update_step(self, gradient, variable, learning_rate):
+        learning_rate = self.decay_and_scale(variable, learning_rate)
         slot = self._get_variable_index(variable)
         m, v, step = self.first_moments[slot], self.second_moments[slot], self.steps[slot]
         gradient = ops.cast(gradient, variable.dtype)
@@ -64,3 +129,31 @@ class CarriedAdam(keras.optimizers.Optimizer):
         config = super().get_config()
         config.update({"beta_1": self.beta_1, "beta_2": self.beta_2, "epsilon": self.epsilon})
         return config
+
+
+def no_decay_variables(model: keras.Model) -> list:
+    """Biases and the variables of normalisation layers (scales, offsets): weight decay leaves them alone."""
+    norms = (keras.layers.BatchNormalization, keras.layers.LayerNormalization, keras.layers.GroupNormalization)
+    chosen = {}
+    for layer in sublayers(model):
+        for variable in layer.weights:
+            if isinstance(layer, norms) or variable.name == "bias":
+                chosen[id(variable)] = variable
+    return list(chosen.values())
+
+
+def make_optimizer(config, model: keras.Model, learning_rate, rate_factors: dict | None = None, candidates=None):
+    """The run's optimizer: a RecipeAdam for the model's trainable variables, or (with `candidates`) one
+    CarriedAdam for all of them; the config chooses AdamW's decay, clipping and the average."""
+    options = {
+        "learning_rate": learning_rate,
+        "weight_decay": config.weight_decay if config.optimizer == "adamw" else None,
+        "global_clipnorm": config.clip_norm or None,
+        "use_ema": config.ema,
+        "ema_momentum": config.ema_momentum,
+        "rate_factors": rate_factors,
+        "no_decay": no_decay_variables(model),
+    }
+    if candidates is not None:
+        return CarriedAdam(candidates, **options)
+    return RecipeAdam(**options)

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 RUNS_DIR = Path("runs")
 CHECKPOINT, PARTIAL_CHECKPOINT = "model.keras", "model.partial.keras"
 CHECKPOINT_RECORD = "checkpoint.json"  # which epoch model.keras holds
+PREDICTIONS = "predictions.csv"  # one row per test image, from every final run and evaluate (training.evaluation)
 HISTORY, METRICS, SPLIT, CONFIG, BACKUP, WANDB_ID = (
     "history.csv", "metrics.json", "split.json", "config.yaml", "backup", "wandb_id.txt",
 )  # fmt: skip
@@ -75,9 +76,7 @@ def open_run_dir(run_dir: Path, config: TrainConfig) -> bool:
             f"{run_dir} is not empty and holds no interrupted run of inat-keras (found {', '.join(sorted(entries)[:5])}); "
             "choose a new --output-dir"
         )
-    saved = read_yaml(run_dir / CONFIG)
-    current = to_dict(config)
-    changed = sorted(k for k in current if k not in RESUME_NEUTRAL_OPTIONS and saved.get(k) != current[k])
+    changed = changed_options(run_dir, config)
     if changed:
         raise ConfigError(
             f"{run_dir} holds an interrupted run with other settings ({', '.join(changed)}); "
@@ -85,6 +84,13 @@ def open_run_dir(run_dir: Path, config: TrainConfig) -> bool:
         )
     log.info("resuming the interrupted run in %s", run_dir)
     return True
+
+
+def changed_options(run_dir: Path, config: TrainConfig) -> list[str]:
+    """The options (those that change what a run computes) whose saved value in RUN/config.yaml differs."""
+    saved = read_yaml(Path(run_dir) / CONFIG)
+    current = to_dict(config)
+    return sorted(k for k in current if k not in RESUME_NEUTRAL_OPTIONS and saved.get(k) != current[k])
 
 
 def worker_run_dir(output_dir: str | None) -> tuple[Path, bool]:

@@ -11,12 +11,12 @@ import socket
 import urllib.parse
 from pathlib import Path
 
-import keras
 import wandb
 from wandb.integration.keras import WandbMetricsLogger
 
 from ..errors import ConfigError
 from .run_folder import METRIC_GOALS, best_value
+from .schedules import last_rate
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +111,8 @@ def start_run(config: dict, run_dir: Path, mode: str, project: str, group: str |
 
 class MetricsLogger(WandbMetricsLogger):
     """WandbMetricsLogger that also logs the validation metrics (METRIC_GOALS) by their plain names, with
-    the run summary holding the best epoch's value (what a sweep's `metric.name` reads), and reads JAX
-    learning rates.
+    the run summary holding the best epoch's value (what a sweep's `metric.name` reads), and logs the
+    learning rate of the epoch's last step (as history.csv; also under JAX).
 
     Its own logging prefixes every name with "epoch/", which no sweep metric would match.
     """
@@ -130,7 +130,18 @@ class MetricsLogger(WandbMetricsLogger):
         wandb.run.summary.update({name: value for name, value in best.items() if value is not None})
 
     def _get_lr(self):
-        lr = self.model.optimizer.learning_rate
-        if isinstance(lr, keras.optimizers.schedules.LearningRateSchedule):
-            lr = lr(self.model.optimizer.iterations)
-        return float(keras.ops.convert_to_numpy(lr))
+        return last_rate(self.model.optimizer)  # the rate history.csv logs (schedules.LearningRateLogger)
+
+
+def logs_to_wandb(run) -> bool:
+    """Whether `run` records anything (a disabled run is W&B's no-op stand-in)."""
+    return run is not None and not getattr(run, "disabled", False)
+
+
+def predictions_table(images, rows: list[dict]) -> wandb.Table:
+    """One row per test image: the picture, then the columns of predictions.csv (training.evaluation)."""
+    columns = list(rows[0]) if rows else []
+    table = wandb.Table(columns=["image", *columns])
+    for image, row in zip(images, rows):
+        table.add_data(wandb.Image(image), *row.values())
+    return table
