@@ -218,15 +218,3 @@ def thumbnails(dataset: tf.data.Dataset) -> list[np.ndarray]:
             picture.thumbnail((THUMBNAIL, THUMBNAIL))
             small.append(np.asarray(picture))
     return small
-
-
-def top_k(model: keras.Model, paths: list[str], class_names: list[str], k: int = 3) -> list[list[tuple[str, float]]]:
-    size, channels = image_shape(model)
-    images = load_images(paths, size, channels).astype("float32")
-    if len(images) <= EAGER_LIMIT:  # one call; predict would also build a data adapter and its loop
-        logits = forward(model, images, runs_eagerly(len(images)))
-    else:
-        logits = model.predict(images, verbose=0)
-    probabilities = np.exp(errors.log_probabilities(logits))
-    best = errors.top_classes(probabilities, k)
-    return [[(class_names[i], float(row[i])) for i in ranked] for row, ranked in zip(probabilities, best)]
