@@ -66,13 +66,17 @@ def setup_backend() -> None:
             tf.config.set_visible_devices([], "GPU")
 
 
+def kind_config(kind, args):
+    """The kind's shipped YAML (or --config) <- its demo section (with --demo) <- the flags typed."""
+    return load_config(kind.config_class, args.config or kind.default_config_path(), overrides_from_args(args, kind.config_class))
+
+
 def cmd_train(args) -> None:
     """scratch and finetune: the kind's shipped YAML (or --config) <- flags; trained, or only printed."""
     from .training.kinds import KINDS
 
     kind = KINDS[args.command]
-    config = load_config(kind.config_class, args.config or kind.default_config_path(),
-                         overrides_from_args(args, kind.config_class))  # fmt: skip
+    config = kind_config(kind, args)
     if args.print_config:
         print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")
         return
@@ -90,10 +94,9 @@ def cmd_lr_find(args) -> None:
     from .training.lr_find import PLOT_PNG, find_learning_rate, summary
 
     kind = KINDS[args.kind]
-    config = load_config(kind.config_class, args.config or kind.default_config_path(),
-                         overrides_from_args(args, kind.config_class))  # fmt: skip
+    config = kind_config(kind, args)
     run_dir, result = find_learning_rate(config, kind, args.start_lr, args.end_lr, args.steps)
-    print(summary(run_dir, result))
+    print(summary(result))
     print(f"outputs: {run_dir} (plot: {run_dir / PLOT_PNG})")
 
 
@@ -148,12 +151,11 @@ def cmd_predict(args) -> None:
     if args.csv:
         predicted, unreadable = write_csv(args.csv, job.rows(progress=True), args.top)
     else:
-        predicted, unreadable = 0, []
+        unreadable = []
         for row in job.rows():
             if row.error is not None:
                 unreadable.append((row.path, row.error))
                 continue
-            predicted += 1
             print(row.path)
             for name, probability in row.ranked:
                 print(f"  {name:<20} {probability:7.2%}")

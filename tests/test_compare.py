@@ -12,7 +12,9 @@ from inat_keras.errors import DataError
 from inat_keras.serving.compare import compare_runs
 from inat_keras.training.evaluation import prediction_rows, write_predictions
 
-NAMES = ["cat", "dog", "owl"]
+from conftest import CLASSES
+
+NAMES = list(CLASSES)
 
 
 def write_run(folder, labels, predicted, paths=None):

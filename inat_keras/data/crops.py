@@ -35,6 +35,12 @@ def train_image_size(config: TrainConfig) -> int:
     return round(config.image_size * config.crop_decode_scale) if crops_on(config) else config.image_size
 
 
+def decode_size(config: TrainConfig, training: bool) -> int:
+    """The side a split is decoded and cached at: the one place that the pre-decode and the pipeline agree on
+    (another side would be another cache key, and a second decode)."""
+    return train_image_size(config) if training else config.image_size
+
+
 def crop_boxes(batch, min_area: float, seed) -> tf.Tensor:
     """(batch, 4) boxes [y0, x0, y1, x1] in fractions of the image."""
     area_seed, ratio_seed, place_seed = tf.unstack(tf.random.experimental.stateless_split(stream_seed(seed, STREAM), 3))

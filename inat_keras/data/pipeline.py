@@ -9,13 +9,12 @@ from __future__ import annotations
 import functools
 import math
 
-import numpy as np
 import tensorflow as tf
 
 from ..config import TrainConfig
 from .augment import Augment, augment_spec
 from .cache import cache_mode, cache_units, cached_images
-from .crops import crops_on, random_resized_crops, train_image_size
+from .crops import crops_on, decode_size, random_resized_crops
 from .mixing import mix_batch, target_spec
 from .splits import Split
 
@@ -49,7 +48,7 @@ def make_dataset(
     """
     batch_size = batch_size or config.batch_size
     channels = channels or config.image_channels()
-    size = train_image_size(config) if training else config.image_size  # crops: a larger training decode
+    size = decode_size(config, training)  # crops: a larger training decode
     mode = cache_mode(split, size, channels, cache or config.cache)
     if training:
         units = cache_units(split, mode, config.shuffle_buffer, config.seed)

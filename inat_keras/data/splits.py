@@ -16,10 +16,9 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 from ..errors import DataError
-from ..files import write_text
 from ..config import TrainConfig
 from .cache import cache_mode, cache_units, decode_once
-from .crops import train_image_size
+from .crops import decode_size
 from .decode import IMAGE_EXTENSIONS, exif_orientation, unreadable_reason
 
 log = logging.getLogger(__name__)
@@ -163,7 +162,7 @@ def read_headers(paths: list[str]) -> tuple[list[tuple[str, str]], dict[str, int
 
 
 def find_unreadable(paths: list[str]) -> list[tuple[str, str]]:
-    """Every file that cannot be used, with its reason (a full check, for a few files such as predict's)."""
+    """Every file that cannot be used, with its reason (a full check, for the test list that evaluate reads)."""
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         return [(p, r) for p, r in zip(paths, pool.map(unreadable_reason, paths)) if r]
 
@@ -238,7 +237,7 @@ def decode_part(split: Split, config: TrainConfig, training: bool) -> tuple[Spli
     shards the pipeline reads): the members that decoded, and the others with their reasons."""
     if not len(split):
         return split, []
-    channels, size = config.image_channels(), train_image_size(config) if training else config.image_size
+    channels, size = config.image_channels(), decode_size(config, training)
     mode = cache_mode(split, size, channels, config.cache)
     units = cache_units(split, mode, config.shuffle_buffer, config.seed) if training else [split]
     results = [decode_once(unit, size, channels, mode) for unit in units]

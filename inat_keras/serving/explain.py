@@ -11,12 +11,12 @@ import numpy as np
 
 from ..analysis import explain as algorithms
 from ..analysis.explain_plots import plot_feature_maps, plot_filters, plot_gradcam, plot_guided
-from ..data.splits import find_unreadable
 from ..errors import ConfigError, DataError
 from ..files import write_json
 from ..training.checkpoints import class_names_for, load_checkpoint
-from ..training.evaluation import image_shape, load_images
-from ..training.run_folder import new_run_dir
+from ..training.evaluation import image_shape
+from ..training.run_folder import empty_output_dir
+from .predict import decoded
 
 INDEX = "explain.json"
 FEATURE_MAP_CHANNELS = 16
@@ -61,19 +61,13 @@ def guided_layer(model: keras.Model, name: str | None) -> str | None:
     return name
 
 
-def readable(images: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
-    """The files that decode, and (path, reason) for each that does not."""
-    missing = [(p, "no such file") for p in images if not Path(p).is_file()]
-    bad = dict(missing + find_unreadable([p for p in images if Path(p).is_file()]))
-    return [p for p in images if p not in bad], [(p, bad[p]) for p in images if p in bad]
-
-
-def empty_output_dir(output_dir: str | None) -> Path:
-    out_dir = Path(output_dir) if output_dir else new_run_dir("explain")
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise DataError(f"{out_dir} is not empty; choose a new --output-dir")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    return out_dir
+def decode_images(images: list[str], size: int, channels: int) -> tuple[list[str], np.ndarray, list[tuple[str, str]]]:
+    """The files that decode and their pixels as the model sees them (one decode each, predict's), and (path,
+    reason) for each file that does not."""
+    rows = list(decoded(images, size, channels, {p: "no such file" for p in images if not Path(p).is_file()}))
+    good = [(path, pixels) for path, pixels, _ in rows if pixels is not None]
+    pixels = np.stack([x for _, x in good]) if good else np.zeros((0, size, size, channels), np.uint8)
+    return [path for path, _ in good], pixels, [(path, reason) for path, x, reason in rows if x is None]
 
 
 def strongest(maps: np.ndarray, count: int) -> list[int]:
@@ -96,12 +90,11 @@ def explain_checkpoint(checkpoint: str, images: list[str], output_dir: str | Non
     width = model.get_layer(neuron_layer).output.shape[-1] if neuron_layer else 0
     if channels is not None and not all(0 <= c < width for c in channels):
         raise ConfigError(f"--channels of {neuron_layer} must lie in 0..{width - 1}; got {channels}")
-    good, skipped = readable(images)
+    size, depth = image_shape(model)
+    good, pixels, skipped = decode_images(images, size, depth)
     if not good:
         raise DataError(f"none of the {len(images)} image(s) could be read: " + "; ".join(f"{p}: {r}" for p, r in skipped))
-    out_dir = empty_output_dir(output_dir)
-    size, depth = image_shape(model)
-    pixels = load_images(good, size, depth)
+    out_dir = empty_output_dir(output_dir, "explain")
     x = pixels.astype(np.float32)
     index = {
         "checkpoint": str(checkpoint), "backend": keras.backend.backend(), "gradcam_layer": cam_layer,

@@ -110,9 +110,7 @@ class Predictor:
         probabilities = np.zeros((0, len(self.class_names)))
         if images:
             x = np.stack(images).astype("float32")
-            if not eager and len(x) < self.batch_size:
-                x = np.concatenate([x, np.zeros((self.batch_size - len(x), *x.shape[1:]), x.dtype)])
-            probabilities = np.exp(errors.log_probabilities(forward(self.model, x, eager)[: len(images)]))
+            probabilities = np.exp(errors.log_probabilities(forward(self.model, x, eager, self.batch_size)))
         best = iter(zip(probabilities, errors.top_classes(probabilities, self.k)))
         for path, reason in pending:
             if reason is not None:

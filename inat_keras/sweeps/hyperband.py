@@ -1,16 +1,20 @@
 """W&B's hyperband early termination for local sweeps: the `sweeps` package's own stopping rule, asked at
 every epoch's end with the per-epoch metric of every trial in the folder, as W&B's server asks it.
-(Imported after `sweeps` itself, by spec, which silences that package's import-time warnings.)"""
+The lowest module of this folder that imports `sweeps`, so the one that silences its import-time warnings."""
 
 from __future__ import annotations
 
 import json
 import logging
+import warnings
 from pathlib import Path
 
 import jsonschema
 import keras
-import sweeps
+
+with warnings.catch_warnings():  # sweeps 0.2.0 uses pydantic-1 style settings that pydantic 2 warns about
+    warnings.simplefilter("ignore")
+    import sweeps
 
 from ..errors import ConfigError
 from ..files import write_json
@@ -67,14 +71,16 @@ class HyperbandStop(keras.callbacks.Callback):
 
     def __init__(self, sweep: dict, run_dir: Path, others: list[Path]):
         super().__init__()
-        self.sweep, self.run_dir, self.others = sweep, Path(run_dir), list(others)
+        self.sweep, self.run_dir = sweep, Path(run_dir)
+        # Trials run one at a time under the sweep folder's lock: the others' histories are read once.
+        self.others = [metric_values(path, sweep["metric"]["name"]) for path in others]
         self.metric = sweep["metric"]["name"]
 
     def on_epoch_end(self, epoch, logs=None):
         if not logs or self.metric not in logs:
             return
         history = metric_values(self.run_dir, self.metric, before=epoch) + [float(logs[self.metric])]
-        stop, info = judge(self.sweep, history, [metric_values(path, self.metric) for path in self.others])
+        stop, info = judge(self.sweep, history, self.others)
         if stop:
             self.model.stop_training = True
             verdict = info.get("lines", [""])[-1]

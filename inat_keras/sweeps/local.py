@@ -139,8 +139,8 @@ def run_trial(plan: SweepPlan, sweep_dir: Path, trial: dict, mode: str, callback
     try:
         if not (run_dir / METRICS).exists():  # else it finished before its record was written
             config = plan.trial_config(trial["config"], run_dir, mode)
-            if stopped_at(run_dir):  # stopped, then killed before its report: that epoch is its last
-                config = dataclasses.replace(config, epochs=stopped_at(run_dir))
+            if last := stopped_at(run_dir):  # stopped, then killed before its report: that epoch is its last
+                config = dataclasses.replace(config, epochs=last)
             with tracking.grouped(sweep_dir.name):
                 plan.kind.train(config, final=False, callbacks=callbacks or [])
         stopped = stopped_at(run_dir)

@@ -30,7 +30,7 @@ from ..training.kinds import KINDS, Kind, kind_of_options  # noqa: E402
 from ..training.run_folder import METRIC_GOALS, RUNS_DIR  # noqa: E402
 from .local import TRIALS_FILE, read_trials  # noqa: E402
 from .online import STOPPED_SUMMARY  # noqa: E402
-from .spec import BASE_PARAMETER  # noqa: E402
+from .spec import run_options  # noqa: E402
 
 class _ConfigDumper(yaml.SafeDumper):
     """Block-style YAML with lists on one line, like the files in configs/."""
@@ -142,7 +142,7 @@ def best_config(record: SweepRecord) -> dict:
     winner = record.winner()
     if record.settings is None:
         return {k: v for k, v in winner["config"].items() if k not in PLACE_OPTIONS}
-    return {**record.settings, **{k: v for k, v in winner["params"].items() if k != BASE_PARAMETER}}
+    return {**record.settings, **run_options(winner["params"])}
 
 
 def shown(value) -> str:

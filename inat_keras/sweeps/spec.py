@@ -9,7 +9,6 @@ import itertools
 import logging
 import math
 import random
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,11 +17,7 @@ from ..errors import ConfigError
 from ..training.kinds import KINDS, Kind, kind_of_options
 from ..training.run_folder import METRIC_GOALS
 
-with warnings.catch_warnings():  # sweeps 0.2.0 uses pydantic-1 style settings that pydantic 2 warns about
-    warnings.simplefilter("ignore")
-    import sweeps
-
-from .hyperband import bands  # noqa: E402
+from .hyperband import bands, sweeps
 
 log = logging.getLogger(__name__)
 
@@ -75,16 +70,21 @@ class SweepPlan:
         return self.sweep.get("project") or self.base["wandb_project"]
 
     def trial_values(self, params: dict) -> dict:
-        return {**self.base, **{k: v for k, v in params.items() if k != BASE_PARAMETER}, **self.overrides}
+        return {**self.base, **run_options(params), **self.overrides}
 
     @property
     def options(self) -> dict:
         """The parameters that are options of a run (all but base_config)."""
-        return {k: v for k, v in self.sweep["parameters"].items() if k != BASE_PARAMETER}
+        return run_options(self.sweep["parameters"])
 
     def trial_config(self, values: dict, output_dir: Path, mode: str):
         extra = {"output_dir": str(output_dir), "wandb": mode, "wandb_project": self.project}
         return build_config(self.kind.config_class, {**values, **extra}, source=f"trial {output_dir.name}")
+
+
+def run_options(parameters: dict) -> dict:
+    """A sweep's parameters (or a trial's values) that are options of a run: all but base_config."""
+    return {k: v for k, v in parameters.items() if k != BASE_PARAMETER}
 
 
 def parameter_values(name: str, spec, source: str) -> list:
@@ -174,9 +174,7 @@ def load_plan(path: str | Path, overrides: dict | None = None) -> SweepPlan:
     base = {k: v for k, v in base.items() if v is not None}  # unset paths stay unset
     if base["demo"] and "image_size" not in overrides and "image_size" not in sweep["parameters"]:
         fit_demo_image_size(sweep, kind, base, source)
-    for name, spec in sweep["parameters"].items():
-        if name == BASE_PARAMETER:
-            continue
+    for name, spec in run_options(sweep["parameters"]).items():
         values = parameter_values(name, spec, source)
         if name in overrides and len(values) > 1:
             raise ConfigError(f"{source}: parameters.{name} is swept; drop the command-line option for it")
@@ -231,8 +229,7 @@ def check_conditions(parameters: dict, base: dict, source: str) -> None:
 
 def fit_demo_image_size(sweep: dict, kind: Kind, base: dict, source: str) -> None:
     """Demo images are small; raise their size so that every swept architecture fits (--image-size wins)."""
-    choices = {name: parameter_values(name, spec, source) for name, spec in sweep["parameters"].items()
-               if name != BASE_PARAMETER}  # fmt: skip
+    choices = {name: parameter_values(name, spec, source) for name, spec in run_options(sweep["parameters"]).items()}
     needed = kind.min_image_size(choices, base)
     if needed > base["image_size"]:
         log.warning(

@@ -20,7 +20,7 @@ from ..models import layers  # noqa: F401  (registers the layer classes that the
 from . import tracking
 from .evaluation import evaluate_model, image_shape
 from .loop import log_to_wandb
-from .run_folder import METRICS, SPLIT, new_run_dir, read_split
+from .run_folder import METRICS, SPLIT, empty_output_dir, read_split
 
 log = logging.getLogger(__name__)
 
@@ -94,10 +94,7 @@ def evaluate_checkpoint(checkpoint: str, data_dir: str | None, demo: bool, outpu
     class_names = class_names_for(checkpoint, model, data_dir, demo)
     test = test_split(checkpoint, data_dir, demo, class_names)
     size, channels = image_shape(model)
-    out_dir = Path(output_dir) if output_dir else new_run_dir("evaluate")
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise DataError(f"{out_dir} is not empty; choose a new --output-dir")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = empty_output_dir(output_dir, "evaluate")
     config = TrainConfig(image_size=size, batch_size=32, augment=False)
     dataset = make_dataset(test, config, training=False, channels=channels)
     run = tracking.start_run({"checkpoint": str(checkpoint), "tta": tta, "backend": keras.backend.backend()}, out_dir,

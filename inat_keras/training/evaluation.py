@@ -1,4 +1,4 @@
-"""A model on the test split: logits, metrics, the error analysis and its pictures; top-k classes for image files."""
+"""A model on the test split: logits, metrics, the error analysis and its pictures."""
 
 from __future__ import annotations
 
@@ -54,27 +54,28 @@ def runs_eagerly(images: int) -> bool:
     return keras.backend.backend() == "tensorflow" and images <= EAGER_LIMIT
 
 
-def forward(model: keras.Model, images: np.ndarray, eager: bool) -> np.ndarray:
-    """Logits of one batch, in inference mode."""
+def forward(model: keras.Model, images: np.ndarray, eager: bool, batch_size: int = 0) -> np.ndarray:
+    """Logits of one batch, in inference mode. Compiled, a batch shorter than `batch_size` is padded with black
+    images to that size, so that the predict step compiles once, and their rows are cut off."""
     if eager:
         return keras.ops.convert_to_numpy(model(keras.ops.convert_to_tensor(images), training=False))
-    return np.asarray(model.predict_on_batch(images))
+    count = len(images)
+    if count < batch_size:
+        images = np.concatenate([images, np.zeros((batch_size - count, *images.shape[1:]), images.dtype)])
+    return np.asarray(model.predict_on_batch(images))[:count]
 
 
 def predict_logits(model: keras.Model, dataset: tf.data.Dataset, flip: bool = False, eager: bool = False):
     """(logits, labels) of every image of `dataset`, in its order; of each image's horizontal mirror with
     `flip`. Batches are (images, labels) or (images, labels, weights), whose zero-weight padding
-    (data.pipeline.padded) is dropped. Compiled (not `eager`), a short last batch is padded with black
-    images to the first batch's size, so that the predict step compiles once, and their rows are cut off."""
+    (data.pipeline.padded) is dropped. Compiled (not `eager`), a short last batch is padded to the first
+    batch's size (`forward`)."""
     logits, labels, size = [], [], None
     for x, y, padded_size in unpadded(dataset):
         size = size or padded_size
         if flip:
             x = np.ascontiguousarray(x[:, :, ::-1])
-        count = len(x)
-        if not eager and count < size:
-            x = np.concatenate([x, np.zeros((size - count, *x.shape[1:]), x.dtype)])
-        logits.append(forward(model, x, eager)[:count])
+        logits.append(forward(model, x, eager, size))
         labels.append(y)
     return np.concatenate(logits).astype(np.float32), np.concatenate(labels)
 

@@ -27,7 +27,7 @@ from ..data.pipeline import make_dataset, steps_per_epoch  # noqa: E402
 from ..errors import ConfigError  # noqa: E402
 from ..files import write_json  # noqa: E402
 from .loop import compile_model, dtype_policy, prepare_splits  # noqa: E402
-from .run_folder import CONFIG, new_run_dir  # noqa: E402
+from .run_folder import CONFIG, empty_output_dir  # noqa: E402
 
 if TYPE_CHECKING:
     from .kinds import Kind
@@ -100,8 +100,7 @@ def find_learning_rate(config: TrainConfig, kind: Kind, start_lr: float = 1e-7, 
     """
     check_ramp(start_lr, end_lr, steps)
     config = dataclasses.replace(config, steps_per_execution=1)  # one step per call: one loss per rate
-    run_dir = Path(config.output_dir) if config.output_dir else new_run_dir(f"lr-find-{kind.run_name(config)}")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = empty_output_dir(config.output_dir, f"lr-find-{kind.run_name(config)}")  # never a run's folder
     keras.utils.set_random_seed(config.seed)
     splits = prepare_splits(config, run_dir, resuming=False)
     save_config(config, run_dir / CONFIG)
@@ -162,6 +161,6 @@ def plot(result: LRFindResult, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def summary(run_dir: Path, result: LRFindResult) -> str:
+def summary(result: LRFindResult) -> str:
     return json.dumps({"suggested_learning_rate": result.suggestion, "minimum_loss_rate_over_10": result.minimum,
                        "steps_run": len(result.rates), "diverged": result.diverged}, indent=2)  # fmt: skip

@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 from ..config import RESUME_NEUTRAL_OPTIONS, TrainConfig, read_yaml, to_dict
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..files import write_text
 from ..locks import LOCK
 
@@ -51,6 +51,16 @@ def new_run_dir(prefix: str) -> Path:
         suffix += 1
         run_dir = RUNS_DIR / f"{prefix}-{stamp}-{suffix}"
     return run_dir
+
+
+def empty_output_dir(output_dir: str | None, prefix: str) -> Path:
+    """The folder a command writes its outputs into (`--output-dir`, else a new runs/<prefix>-<time>):
+    new or empty, never one whose files it could overwrite."""
+    out_dir = Path(output_dir) if output_dir else new_run_dir(prefix)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise DataError(f"{out_dir} is not empty; choose a new --output-dir")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return out_dir
 
 
 def open_run_dir(run_dir: Path, config: TrainConfig) -> bool:

@@ -22,8 +22,9 @@ import math
 import keras
 from keras import ops
 
-SHAPES = ("constant", "cosine", "one_cycle")
-UNITS = ("epoch", "step")
+from ..config import LR_SCHEDULES as SHAPES
+from ..config import SCHEDULE_UNITS as UNITS
+
 ONE_CYCLE_START = 1 / 25  # torch OneCycleLR's div_factor
 ONE_CYCLE_WARMUP = 0.3  # torch OneCycleLR's pct_start
 
