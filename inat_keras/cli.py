@@ -32,6 +32,7 @@ from .config import (
     to_dict,
 )
 from .errors import ConfigError, DataError
+from .models.backbones import demo_note
 from .perf import MODELS as BENCH_MODELS
 from .perf import PARTS as BENCH_PARTS
 
@@ -85,6 +86,9 @@ def cmd_train(args) -> None:
 
         print(schedule_table(config))
         return
+    note = demo_note(config.demo, getattr(config, "backbone", None))
+    if note:
+        print(f"note: {note}")
     print_summary(*kind.train(config))
 
 
@@ -217,6 +221,9 @@ def cmd_study(args) -> None:
     from .study.report import log_report, write_study_report
 
     settings = load_config(StudyConfig, shipped_config("study.yaml"), overrides_from_args(args, StudyConfig))
+    note = demo_note(settings.demo, settings.backbone)
+    if note:
+        print(f"note: {note}")
     result = run_study(settings)
     paths = write_study_report(result)
     log_report(result, paths)
@@ -257,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     scratch = commands.add_parser("scratch", help="train the 5-block CNN from scratch (Part A)")
     scratch.add_argument("--config", help="YAML config (default configs/scratch.yaml)")
     add_config_arguments(scratch, ScratchConfig)
-    finetune = commands.add_parser("finetune", help="fine-tune EfficientNetV2-S (Part B)")
+    finetune = commands.add_parser("finetune", help="fine-tune EfficientNetV2-S, or EfficientNet-Lite0 (Part B)")
     finetune.add_argument("--config", help="YAML config (default configs/finetune.yaml)")
     add_config_arguments(finetune, FinetuneConfig)
     finetune.add_argument("--print-schedule", action="store_true",
@@ -268,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     lr_find = commands.add_parser("lr-find", help="learning-rate finder: loss over an exponential ramp, plot, suggestion")
     lr_kinds = lr_find.add_subparsers(dest="kind", required=True)
-    for name, cls, what in (("scratch", ScratchConfig, "the 5-block CNN"), ("finetune", FinetuneConfig, "EfficientNetV2-S")):
+    for name, cls, what in (("scratch", ScratchConfig, "the 5-block CNN"), ("finetune", FinetuneConfig, "the fine-tuning backbone")):
         finder = lr_kinds.add_parser(name, help=f"{what}, built as `run.py {name}` builds it")
         finder.add_argument("--config", help=f"YAML config (default configs/{name}.yaml)")
         add_config_arguments(finder, cls)
@@ -363,7 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="training, inference, input-pipeline and epoch speed on the active backend")
     bench.add_argument("--model", choices=BENCH_MODELS, default="cnn",
-                       help="cnn: 64x5 3x3 ReLU; cnn-best: configs/scratch_best.yaml; efficientnet: V2-S, random weights")
+                       help="cnn: 64x5 3x3 ReLU; cnn-best: configs/scratch_best.yaml; efficientnet: V2-S, "
+                            "efficientnet-lite0: Lite0 (both random weights, every layer training)")
     bench.add_argument("--image-size", type=int, default=224, help="square input size in pixels")
     bench.add_argument("--batch-size", type=int, default=32, help="images per step")
     bench.add_argument("--data-dir", help="dataset folder of JPEGs (default: photo-like JPEGs made once in the cache)")
@@ -384,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def model_family(args) -> str:
     """The model family a command trains or measures, for the XLA:CPU flags that suit it."""
-    if "finetune" in (args.command, getattr(args, "kind", None)) or getattr(args, "model", None) == "efficientnet":
+    if "finetune" in (args.command, getattr(args, "kind", None)) or str(getattr(args, "model", "")).startswith("efficientnet"):
         return "efficientnet"
     if args.command == "sweep":
         from .sweeps.spec import check_sweep_file

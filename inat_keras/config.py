@@ -20,7 +20,7 @@ import yaml
 
 from .errors import ConfigError
 from .files import write_text
-from .models.efficientnet_layout import MIN_IMAGE_SIZE, UNIT_TYPES, max_k
+from .models.backbones import BACKBONES, UNIT_TYPES
 
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 ACTIVATIONS = ("relu", "leaky_relu", "parametric_relu", "gelu", "silu", "mish")
@@ -249,20 +249,23 @@ class ScratchConfig(TrainConfig):
 
 @dataclass
 class FinetuneConfig(TrainConfig):
-    """ImageNet-pretrained EfficientNetV2-S fine-tuned with one strategy (Part B)."""
+    """An ImageNet-pretrained backbone (the study's EfficientNetV2-S by default) fine-tuned with one strategy (Part B)."""
 
+    backbone: str = _doc("efficientnetv2_s (the study's; keras-cv, ImageNet weights downloaded) or efficientnet_lite0 "
+                         "(ImageNet weights installed with the package: works offline)", default="efficientnetv2_s")
     image_size: int = _doc("square input size in pixels", default=384)
     batch_size: int = _doc("images per training step", default=16)
     strategy: str = _doc(f"one of {', '.join(STRATEGIES)}", default="gradual")
-    unfreeze_unit: str = _doc("what freezes together: stage (the study's 8 units: stem, stages 1-6, top conv) or block "
-                              "(keras-cv's 40 sub-blocks; the top conv trains with the first)", default="block")
+    unfreeze_unit: str = _doc("what freezes together: stage (the stem, each stage, the top conv: V2-S's 8 units as the study "
+                              "froze them, Lite0's 9) or block (V2-S's 40, Lite0's 16; the top conv trains with the first)",
+                              default="block")
     k: int = _doc("last_k: units to train", default=5)
     unfreeze_every: int = _doc("gradual: epochs between unfreezing steps", default=2)
     unfreeze_step: int = _doc("gradual: units unfrozen at each step", default=1)
     unfreeze_start: int = _doc("gradual: units already unfrozen at the first epoch (0: the head alone)", default=0)
     batch_norm_mode: str = _doc("frozen: pretrained batch norm in inference mode everywhere (the Keras guide); study: "
                                 "batch statistics everywhere, scale/offset fixed in frozen units", default="frozen")
-    weights: str = _doc("imagenet, keras-cv, none, or a local weights file / preset folder", default="imagenet")
+    weights: str = _doc("imagenet, keras-cv (V2-S only), none, or a local weights file / preset folder", default="imagenet")
     head_dropout: float = _doc("dropout before the classifier", default=0.2)
     backbone_lr: float = _doc("the backbone's learning rate as a fraction of the head's (1: the same)", default=1.0)
     layer_decay: float = _doc("each backbone unit (unfreeze_unit), from the top down, trains at this times the rate of "
@@ -270,6 +273,8 @@ class FinetuneConfig(TrainConfig):
 
     def validate(self) -> None:
         super().validate()
+        if self.backbone not in BACKBONES:
+            raise ConfigError(f"backbone must be one of {', '.join(BACKBONES)}, got {self.backbone!r}")
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
         for name, allowed in (("unfreeze_unit", UNIT_TYPES), ("batch_norm_mode", BATCH_NORM_MODES)):
@@ -278,22 +283,22 @@ class FinetuneConfig(TrainConfig):
         for name in ("k", "unfreeze_every", "unfreeze_step"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if not 0 <= self.unfreeze_start <= max_k(self.unfreeze_unit):
-            raise ConfigError(f"unfreeze_start must be in [0, {max_k(self.unfreeze_unit)}], got {self.unfreeze_start}")
+        layout = BACKBONES[self.backbone]
+        most = layout.max_k(self.unfreeze_unit)
+        if not 0 <= self.unfreeze_start <= most:
+            raise ConfigError(f"unfreeze_start must be in [0, {most}], got {self.unfreeze_start}")
         if not 0.0 <= self.head_dropout < 1.0:
             raise ConfigError(f"head_dropout must be in [0, 1), got {self.head_dropout}")
         for name in ("backbone_lr", "layer_decay"):
             if not 0.0 < getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} must be in (0, 1] (a fraction of the rate above), got {getattr(self, name)}")
-        unit = self.unfreeze_unit
-        if self.k > max_k(unit):
-            units = "blocks" if unit == "block" else "stage units: the stem, stages 1-6, the top conv"
-            raise ConfigError(f"k must be at most {max_k(unit)} (EfficientNetV2-S has {max_k(unit)} {units}), got {self.k}")
-        if self.image_size < MIN_IMAGE_SIZE:
+        if self.k > most:
+            raise ConfigError(f"k must be at most {most} ({layout.title} has {layout.describe_units(self.unfreeze_unit)}), got {self.k}")
+        if self.image_size < layout.min_image_size:
             raise ConfigError(
-                f"image_size {self.image_size} is too small for EfficientNetV2-S: the smallest image size that "
-                f"works is {MIN_IMAGE_SIZE} (the network downsamples by 32, and keras.applications, "
-                "whose ImageNet weights it uses, refuses smaller inputs)"
+                f"image_size {self.image_size} is too small for {layout.title}: the smallest image size that "
+                f"works is {layout.min_image_size} (the network downsamples by 32, and keras.applications, "
+                "whose ImageNet weights V2-S uses, refuses smaller inputs)"
             )
 
 
@@ -313,6 +318,8 @@ class StudyConfig:
     scratch_image_size: int = _doc("Part A: input size of the trials and the retrained winner (0: configs/scratch.yaml's)", default=0)
     finetune_epochs: int = _doc("Part B: epochs of every fine-tuning run (0: the configs' own)", default=0)
     finetune_image_size: int = _doc("Part B: input size of every fine-tuning run (0: the configs' own)", default=0)
+    backbone: str = _doc("Part B: efficientnetv2_s (the study's) or efficientnet_lite0 (ImageNet weights that work offline)",
+                         default="efficientnetv2_s")
     weights: str = _doc("Part B: imagenet, keras-cv, none (random: says nothing about transfer) or a local file or folder",
                         default="imagenet")
     wandb: str = _doc("W&B mode of every run and of the report: auto, online, offline, disabled", default="auto")
@@ -326,6 +333,8 @@ class StudyConfig:
                 raise ConfigError(f"{name} must be 0 (the configs' own) or a positive number, got {getattr(self, name)}")
         if self.wandb not in WANDB_MODES:
             raise ConfigError(f"wandb must be one of {', '.join(WANDB_MODES)}, got {self.wandb!r}")
+        if self.backbone not in BACKBONES:
+            raise ConfigError(f"backbone must be one of {', '.join(BACKBONES)}, got {self.backbone!r}")
         check_one_source(self)
 
 

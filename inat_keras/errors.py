@@ -7,3 +7,7 @@ class ConfigError(ValueError):
 
 class DataError(ValueError):
     """The data on disk cannot be used as given; the message names the place."""
+
+
+class WeightsError(ConfigError):
+    """Pretrained weights that cannot be had or do not fit; the message says what to do instead."""

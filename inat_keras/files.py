@@ -9,6 +9,9 @@ import os
 import shutil
 from pathlib import Path
 
+# The project's cache: demo data, decoded images, converted weights (INAT_KERAS_CACHE moves it).
+CACHE_HOME = Path(os.environ.get("INAT_KERAS_CACHE", Path.home() / ".cache" / "inat_keras"))
+
 
 def write_text(path: Path, text: str) -> None:
     """Replace `path` by `text` in one rename; a crash leaves the old file or the new one, never a mix."""

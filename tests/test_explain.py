@@ -17,7 +17,7 @@ from inat_keras.cli import main
 from inat_keras.config import FinetuneConfig, ScratchConfig, build_config
 from inat_keras.errors import ConfigError
 from inat_keras.models.cnn import activation_layer, build_cnn
-from inat_keras.models.efficientnet import build_finetune_model
+from inat_keras.models.finetune import build_finetune_model
 from inat_keras.serving.explain import guided_layer
 from inat_keras.training.kinds import KINDS
 

@@ -20,7 +20,7 @@ from inat_keras.config import FinetuneConfig, ScratchConfig, build_config, load_
 from inat_keras.data.augment import STUDY, Augment, AugmentSpec, device_augment
 from inat_keras.data.pipeline import make_dataset
 from inat_keras.data.splits import Split, load_splits
-from inat_keras.models.efficientnet import build_finetune_model
+from inat_keras.models.finetune import build_finetune_model
 from inat_keras.models.strategies import plan_stages, unit_groups
 from inat_keras.sweeps.launch import run_sweep
 from inat_keras.training import callbacks

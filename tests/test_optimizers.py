@@ -13,7 +13,7 @@ import pytest
 
 from test_schedules import head_then_all
 from inat_keras.config import ConfigError, FinetuneConfig, ScratchConfig, build_config
-from inat_keras.models.efficientnet import build_finetune_model
+from inat_keras.models.finetune import build_finetune_model
 from inat_keras.training.kinds import KINDS
 from inat_keras.training.layer_rates import layer_rate_factors
 from inat_keras.training.optimizers import CarriedAdam, make_optimizer

@@ -7,6 +7,7 @@ independently of how inat_keras.models.strategies finds the layers.
 import dataclasses
 import json
 import os
+import re
 
 import keras
 import numpy as np
@@ -17,10 +18,18 @@ from inat_keras.training import tracking
 from inat_keras.training.run_folder import read_history
 from inat_keras.cli import main
 from inat_keras.config import ConfigError, FinetuneConfig, build_config
-from inat_keras.models.efficientnet import build_finetune_model
+from inat_keras.models.backbones import BACKBONES
+from inat_keras.models.finetune import build_finetune_model
 from inat_keras.serving.predict import predict_images
 from inat_keras.training.checkpoints import evaluate_checkpoint
-from inat_keras.models.strategies import layer_groups, plan_stages, schedule_metrics, stage_logger, trainable_counts
+from inat_keras.models.strategies import (
+    layer_groups,
+    plan_stages,
+    schedule_metrics,
+    stage_logger,
+    trainable_counts,
+    unit_groups,
+)
 from inat_keras.training.kinds import KINDS
 from inat_keras.training.loop import compile_model
 
@@ -37,11 +46,16 @@ def config(**values) -> FinetuneConfig:
     return build_config(FinetuneConfig, {"image_size": SIZE, "weights": "none", "wandb": "disabled", **values})
 
 
+LITE_BLOCKS = ["block1a", "block2a", "block2b", "block3a", "block3b", "block4a", "block4b", "block4c", "block5a",
+               "block5b", "block5c", "block6a", "block6b", "block6c", "block6d", "block7a"]  # fmt: skip
+LITE_GROUPS = ["stem", *LITE_BLOCKS, "top", "head"]
+
+
 def group_of(path: str) -> str:
+    """keras-cv's V2-S: block6o_/block6o_dwconv2/kernel; Lite0: block6d_dwconv/kernel; both: stem_*, top_*, logits."""
     first = path.split("/")[0]
-    return {"stem_conv": "stem", "stem_bn": "stem", "top_conv": "top", "top_bn": "top", "logits": "head"}.get(
-        first, first.rstrip("_")
-    )
+    block = re.match(r"block\d+[a-z]+", first)
+    return block.group(0) if block else {"stem": "stem", "top": "top", "logits": "head"}[first.split("_")[0]]
 
 
 def should_train(weight_paths, groups, batch_norm=False) -> set[str]:
@@ -64,6 +78,64 @@ def changed(before: dict, after: dict) -> set[str]:
 @pytest.fixture(scope="module")
 def model():
     return build_finetune_model(config(), 3)
+
+
+@pytest.fixture(scope="module")
+def lite():
+    return build_finetune_model(config(backbone="efficientnet_lite0"), 3)
+
+
+def test_every_lite0_weight_is_in_exactly_one_group_and_stages_gather_their_blocks(lite):
+    groups = layer_groups(lite)
+    assert list(groups) == LITE_GROUPS and BACKBONES["efficientnet_lite0"].blocks == LITE_BLOCKS
+    assert {group_of(w.path) for w in lite.weights} == set(LITE_GROUPS)
+    owned = [id(w) for members in groups.values() for layer in members for w in layer.weights]
+    assert len(owned) == len(set(owned)) == len(lite.weights)
+    stages = unit_groups(lite, "stage")
+    assert list(stages) == ["stem", *(f"stage{i}" for i in range(1, 8)), "top", "head"]
+    assert {layer.name.split("_")[0] for layer in stages["stage6"]} == {"block6a", "block6b", "block6c", "block6d"}
+
+
+@pytest.mark.parametrize(
+    "values, groups",
+    [
+        ({"strategy": "head"}, {"head"}),
+        ({"strategy": "last_k", "k": 1, "unfreeze_unit": "block"}, {"head", "top", "block7a"}),
+        ({"strategy": "last_k", "k": 3, "unfreeze_unit": "stage"}, {"head", "top", "block7a", "block6a", "block6b",
+                                                                      "block6c", "block6d"}),  # fmt: skip
+        ({"strategy": "full"}, set(LITE_GROUPS)),
+    ],
+)
+def test_a_short_lite0_fit_changes_exactly_the_intended_weights(lite, values, groups):
+    settings = config(backbone="efficientnet_lite0", weights=PRETRAINED, learning_rate=1e-3, **values)
+    [stage] = plan_stages(lite, settings)
+    stage.apply(lite)
+    compile_model(lite, settings)
+    rng = np.random.default_rng(0)
+    before = snapshot(lite)
+    lite.fit(rng.uniform(0, 255, (8, SIZE, SIZE, 3)).astype("float32"), np.arange(8) % 3, batch_size=4, epochs=1, verbose=0)
+    expected = should_train(before, groups)  # pretrained: batch norm never moves
+    assert {w.path for w in lite.trainable_weights} == expected
+    # Nothing else moves. Not every expected tensor moves visibly: on noise, Lite0's ReLU6 blocks pass some
+    # gradients of 1e-12, whose Adam steps vanish in float32 (measured), so only the top is required to move.
+    moved = changed(before, snapshot(lite))
+    assert moved <= expected and {"logits/kernel", "top_conv/kernel"} & expected <= moved
+    assert trainable_counts(lite)["trainable_blocks"] == len(groups & set(LITE_BLOCKS))
+
+
+def test_the_study_batch_norm_on_lite0_moves_statistics_everywhere_and_scales_only_where_unfrozen(lite):
+    settings = config(backbone="efficientnet_lite0", weights=PRETRAINED, strategy="last_k", k=1, unfreeze_unit="block",
+                      batch_norm_mode="study", learning_rate=1e-3)  # fmt: skip
+    [stage] = plan_stages(lite, settings)
+    stage.apply(lite)
+    compile_model(lite, settings)
+    before = snapshot(lite)
+    rng = np.random.default_rng(1)
+    lite.fit(rng.uniform(0, 255, (8, SIZE, SIZE, 3)).astype("float32"), np.arange(8) % 3, batch_size=4, epochs=1, verbose=0)
+    moved = changed(before, snapshot(lite))
+    assert {"block1a_bn/moving_mean", "stem_bn/moving_variance", "block7a_bn/moving_mean"} <= moved
+    assert not {p for p in moved if p.endswith(("gamma", "beta")) and group_of(p) not in {"top", "block7a"}}
+    assert {"block7a_bn/gamma", "top_bn/beta"} <= moved
 
 
 def test_every_weight_is_in_exactly_one_group(model):
@@ -261,8 +333,12 @@ def test_bad_strategy_options_are_refused_clearly(capsys):
     assert config(strategy="last_k", k=40).k == 40
     for flags, message in [
         (["--strategy", "partial"], "strategy must be one of"),
-        (["--strategy", "last_k", "--k", "41", "--unfreeze-unit", "block"], "k must be at most 40 (EfficientNetV2-S has 40 blocks)"),
-        (["--strategy", "last_k", "--k", "9"], "k must be at most 8 (EfficientNetV2-S has 8 stage units"),
+        (["--strategy", "last_k", "--k", "41", "--unfreeze-unit", "block", "--backbone", "efficientnetv2_s"],
+         "k must be at most 40 (EfficientNetV2-S has 40 blocks)"),
+        (["--strategy", "last_k", "--k", "9", "--backbone", "efficientnetv2_s"], "k must be at most 8 (EfficientNetV2-S has 8 stage units"),
+        (["--strategy", "last_k", "--k", "17", "--unfreeze-unit", "block"], "k must be at most 16 (EfficientNet-Lite0 has 16 blocks)"),
+        (["--strategy", "last_k", "--k", "10"], "k must be at most 9 (EfficientNet-Lite0 has 9 stage units"),
+        (["--backbone", "efficientnet_b0"], "backbone must be one of efficientnetv2_s, efficientnet_lite0"),
         (["--unfreeze-unit", "stages"], "unfreeze_unit must be one of stage, block"),
         (["--batch-norm-mode", "train"], "batch_norm_mode must be one of frozen, study"),
         (["--optimizer-state", "keep"], "optimizer_state must be one of carry, fresh"),

@@ -21,12 +21,11 @@ import tensorflow as tf
 
 from ..config import CACHE_MODES
 from ..errors import DataError
-from ..files import publish_dir, remove_abandoned, staging_dir, write_text
+from ..files import CACHE_HOME, publish_dir, remove_abandoned, staging_dir, write_text
 from .decode import decode_resize, unreadable_reason
 
 log = logging.getLogger(__name__)
 
-CACHE_HOME = Path(os.environ.get("INAT_KERAS_CACHE", Path.home() / ".cache" / "inat_keras"))
 MEMORY_FRACTION = 0.25  # of the available memory, per split (a run caches train, validation and test)
 DECODER = "decode-3"  # in every disk-cache key: decoding differently must not reuse old images (2: EXIF, alpha; 3: indexed members)
 

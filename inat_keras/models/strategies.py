@@ -1,8 +1,9 @@
-"""Fine-tuning strategies: which units of EfficientNetV2-S train, and from which epoch on.
+"""Fine-tuning strategies: which units of the backbone train, and from which epoch on.
 
 Units (`unfreeze_unit`): `stage` is what the study froze, torchvision's `features` children: the stem,
-stages 1-6, the top 1x1 conv. `block` is keras-cv's 40 sub-blocks (block1a .. block6o, each one layer),
-with the stem and the top conv. The classifier head always trains. Unfreezing goes top-down (stages: the
+each stage, the top 1x1 conv (EfficientNetV2-S: 8 units; Lite0: 9). `block` is the blocks (V2-S: keras-cv's
+40 sub-blocks block1a .. block6o, each one layer; Lite0: 16, each a few layers named blockNx_...), with the
+stem and the top conv. The classifier head always trains. Unfreezing goes top-down (stages: the
 top conv, stage 6, ...; blocks: the top conv with the first block, then blocks towards the input, the
 stem last). Every strategy is a list of Stage objects, one per trainable set, because Keras only takes a
 new trainable set at compile time (the training loop recompiles at every stage).
@@ -22,6 +23,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import re
 from dataclasses import dataclass
 from typing import Callable
 
@@ -29,10 +31,11 @@ import keras
 import numpy as np
 
 from ..config import FinetuneConfig
-from .efficientnet import BACKBONE, HEAD, build_finetune_model
-from .efficientnet_layout import BLOCKS, MIN_IMAGE_SIZE, STEM, TOP, UNITS_BOTTOM_UP
+from .backbones import BACKBONE, BACKBONES, HEAD, STEM, TOP, Layout
+from .finetune import build_finetune_model
 
 HEAD_GROUP = "head"
+BLOCK_NAME = re.compile(r"^block(\d+)[a-z]+")  # keras-cv's "block6o_", Lite0's "block6d_dwconv": stage 6
 
 
 @dataclass
@@ -63,10 +66,11 @@ def layer_groups(model: keras.Model) -> dict[str, list[keras.layers.Layer]]:
     for layer in backbone.layers:
         if not layer.weights:
             continue
+        block = BLOCK_NAME.match(layer.name)
         if layer.name.startswith("stem_"):
             groups[STEM].append(layer)
-        elif layer.name.startswith("block"):
-            groups[layer.name.rstrip("_")] = [layer]
+        elif block:
+            groups.setdefault(block.group(0), []).append(layer)
         elif layer.name.startswith("top_"):
             groups.setdefault(TOP, []).append(layer)
         else:
@@ -75,43 +79,49 @@ def layer_groups(model: keras.Model) -> dict[str, list[keras.layers.Layer]]:
     grouped = {id(layer) for members in groups.values() for layer in members}
     stray = [layer.name for layer in model.layers if layer.weights and id(layer) not in grouped | {id(backbone)}]
     blocks = block_names(groups)
-    if stray or blocks != BLOCKS or not groups[STEM] or TOP not in groups:
+    if stray or not any(blocks == layout.blocks for layout in BACKBONES.values()) or not groups[STEM] or TOP not in groups:
         raise ValueError(
-            f"not the EfficientNetV2-S layout: {len(blocks)} blocks (expected {len(BLOCKS)}), "
+            f"not a known backbone layout: {len(blocks)} blocks "
+            f"({', '.join(f'{layout.title} has {len(layout.blocks)}' for layout in BACKBONES.values())}), "
             f"ungrouped layers {stray}"
         )
     return groups
 
 
+def layout_of(model: keras.Model) -> Layout:
+    blocks = block_names(layer_groups(model))
+    return next(layout for layout in BACKBONES.values() if layout.blocks == blocks)
+
+
 def unit_groups(model: keras.Model, unit: str) -> dict[str, list[keras.layers.Layer]]:
-    """The groups that freeze together: blocks as they are, or stages (block<stage><letter> by their digit)."""
+    """The groups that freeze together: blocks as they are, or stages (block<stage><letter> by their number)."""
     groups = layer_groups(model)
     if unit == "block":
         return groups
-    units = {name: [] for name in UNITS_BOTTOM_UP["stage"]}
+    units = {name: [] for name in layout_of(model).units_bottom_up("stage")}
     for name, members in groups.items():
-        key = f"stage{name[5]}" if name.startswith("block") else name
-        units.setdefault(key, []).extend(members)
+        block = BLOCK_NAME.match(name)
+        units.setdefault(f"stage{block.group(1)}" if block else name, []).extend(members)
     return units
 
 
 def block_names(groups: dict) -> list[str]:
-    return [name for name in groups if name.startswith("block")]
+    return [name for name in groups if BLOCK_NAME.match(name)]
 
 
-def unfreeze_order(unit: str) -> list[str]:
-    """Top-down. Stages: the top conv, stage 6, ..., the stem. Blocks: block6o .. block1a, then the stem
-    (the top conv trains with the first block)."""
-    bottom_up = UNITS_BOTTOM_UP[unit]
+def unfreeze_order(layout: Layout, unit: str) -> list[str]:
+    """Top-down. Stages: the top conv, the last stage, ..., the stem. Blocks: the last block .. block1a, then
+    the stem (the top conv trains with the first block)."""
+    bottom_up = layout.units_bottom_up(unit)
     return bottom_up[::-1] if unit == "stage" else bottom_up[-2::-1]
 
 
-def unfrozen(unit: str, count: int) -> frozenset[str]:
+def unfrozen(layout: Layout, unit: str, count: int) -> frozenset[str]:
     """The head, and the first `count` units of unfreeze_order (block units: with the top conv)."""
     if count == 0:
         return frozenset({HEAD_GROUP})
     extra = {TOP} if unit == "block" else set()
-    return frozenset({HEAD_GROUP, *extra, *unfreeze_order(unit)[:count]})
+    return frozenset({HEAD_GROUP, *extra, *unfreeze_order(layout, unit)[:count]})
 
 
 def set_trainable(model: keras.Model, names: frozenset[str], unit: str, batch_norm: str, pretrained: bool) -> None:
@@ -139,17 +149,17 @@ def set_trainable(model: keras.Model, names: frozenset[str], unit: str, batch_no
             layer.trainable = id(layer) not in frozen and not (keep_statistics and is_batch_norm)
 
 
-def describe(unit: str, count: int) -> str:
+def describe(layout: Layout, unit: str, count: int) -> str:
     if count == 0:
         return "head"
-    if count >= len(unfreeze_order(unit)):
+    if count >= len(unfreeze_order(layout, unit)):
         return "full"
     return f"last_{count}"
 
 
 def unit_counts(config: FinetuneConfig) -> list[int]:
     """How many units each stage trains (besides the head), in order."""
-    everything = len(unfreeze_order(config.unfreeze_unit))
+    everything = len(unfreeze_order(BACKBONES[config.backbone], config.unfreeze_unit))
     if config.strategy != "gradual":
         return [{"full": everything, "head": 0, "last_k": config.k}[config.strategy]]
     counts, epoch = [], 0
@@ -162,17 +172,18 @@ def unit_counts(config: FinetuneConfig) -> list[int]:
 def plan_stages(model: keras.Model, config: FinetuneConfig) -> list[Stage]:
     """The strategy as stages: one for full, head and last_k; one per unfreezing step for gradual."""
     config.validate()
-    layer_groups(model)  # refuses a model that is not EfficientNetV2-S
-    counts = unit_counts(config)
-    stages = []
+    layout = BACKBONES[config.backbone]
+    if layout_of(model) != layout:  # also refuses a model that is no known backbone
+        raise ValueError(f"the model is {layout_of(model).title}, the config's backbone {layout.title}")
+    counts, stages = unit_counts(config), []
     for i, count in enumerate(counts):
         start = i * config.unfreeze_every
         stop = config.epochs if i == len(counts) - 1 else min(start + config.unfreeze_every, config.epochs)
-        names = unfrozen(config.unfreeze_unit, count)
+        names = unfrozen(layout, config.unfreeze_unit, count)
         apply = functools.partial(set_trainable, names=names, unit=config.unfreeze_unit,
                                   batch_norm=config.batch_norm_mode, pretrained=config.weights != "none")  # fmt: skip
-        units = tuple(name for name in [*UNITS_BOTTOM_UP[config.unfreeze_unit], HEAD_GROUP] if name in names)
-        stages.append(Stage(start, stop, apply, describe(config.unfreeze_unit, count), units))
+        units = tuple(name for name in [*layout.units_bottom_up(config.unfreeze_unit), HEAD_GROUP] if name in names)
+        stages.append(Stage(start, stop, apply, describe(layout, config.unfreeze_unit, count), units))
     return stages
 
 
@@ -229,12 +240,13 @@ def schedule_table(config: FinetuneConfig, num_classes: int = 10) -> str:
     quiet = logging.getLogger(build_finetune_model.__module__)
     level, quiet.level = quiet.level, logging.ERROR  # "random weights" is the point here, not a warning
     try:
-        model = build_finetune_model(dataclasses.replace(config, weights="none", image_size=MIN_IMAGE_SIZE), num_classes)
+        small = BACKBONES[config.backbone].min_image_size
+        model = build_finetune_model(dataclasses.replace(config, weights="none", image_size=small), num_classes)
     finally:
         quiet.setLevel(level)
     stages = plan_stages(model, config)
     lines = [
-        f"{config.strategy} fine-tuning of EfficientNetV2-S, {config.epochs} epochs, {num_classes} classes: "
+        f"{config.strategy} fine-tuning of {BACKBONES[config.backbone].title}, {config.epochs} epochs, {num_classes} classes: "
         f"units {config.unfreeze_unit}, batch norm {config.batch_norm_mode}, optimizer state {config.optimizer_state}",
         f"{'stage':<7}{'epochs':<9}{'trainable parameters':>22}  units",
     ]

@@ -31,7 +31,7 @@ from ..data.pipeline import make_dataset, steps_per_epoch
 from ..data.splits import dataset_root, load_splits
 from ..data.synthetic import cached_photo_folder
 from ..models.cnn import build_cnn, model_flops
-from ..models.efficientnet import build_finetune_model
+from ..models.finetune import build_finetune_model
 from ..training.callbacks import EpochTimer
 from ..training.loop import compile_model, dtype_policy
 from . import MODELS, PARTS
@@ -63,15 +63,16 @@ def model_config(options: BenchOptions) -> TrainConfig:
         return load_config(ScratchConfig, None, values)
     if options.model == "cnn-best":
         return load_config(ScratchConfig, shipped_config("scratch_best.yaml"), values)
-    if options.model == "efficientnet":
-        return load_config(FinetuneConfig, None, {"weights": "none", **values})
+    if options.model in ("efficientnet", "efficientnet-lite0"):
+        backbone = "efficientnet_lite0" if options.model == "efficientnet-lite0" else "efficientnetv2_s"
+        return load_config(FinetuneConfig, None, {"weights": "none", "backbone": backbone, **values})
     raise ValueError(f"model must be one of {', '.join(MODELS)}, got {options.model!r}")
 
 
 def build_model(options: BenchOptions, config: TrainConfig, num_classes: int) -> tuple[keras.Model, float]:
     """The model and its forward FLOPs per image."""
     augment = device_augment(config)  # inside the step, as in training (None with augment_on: host)
-    if options.model == "efficientnet":
+    if options.model.startswith("efficientnet"):
         model = build_finetune_model(config, num_classes, augment)
         # keras-cv's fused blocks hold squeeze-excite and batch-norm layers that they never call. While a
         # layer is unbuilt, train_on_batch and predict_on_batch trace the model eagerly on every call

@@ -159,6 +159,7 @@ def part_b(settings: StudyConfig, study_dir: Path, mode: str, result: StudyResul
     common = {
         **sources(settings),
         **given(epochs=settings.finetune_epochs, image_size=settings.finetune_image_size),
+        "backbone": settings.backbone,
         "weights": settings.weights,
         "wandb": mode,
         "wandb_project": settings.wandb_project,

@@ -16,6 +16,7 @@ import wandb
 
 from ..config import STRATEGIES, read_yaml, shipped_config, to_dict
 from ..files import write_text
+from ..models.backbones import BACKBONES, demo_note
 from ..sweeps.report import PARALLEL_PNG, PROGRESS_PNG, SweepRecord, importance, markdown, shown, table
 from ..training import tracking
 from .pipeline import A_FINAL, B_FINAL, SWEEP_DIR, SWEEP_FILE, Step, StudyResult, strategy_dir
@@ -118,6 +119,9 @@ def caveats(result: StudyResult) -> list[str]:
             "**Demo data**: scikit-learn's 8x8 handwritten digits, upscaled, with few trials, tiny images and few "
             "epochs. This run checks the whole pipeline; its numbers are not comparable with the study's."
         )
+    note = demo_note(settings.demo, settings.backbone)
+    if note:
+        notes.append(f"**Part B uses EfficientNet-Lite0**: {note}.")
     if settings.weights == "none":
         notes.append(
             "**Part B started from random weights** (`--weights none`, random initialisation): its numbers say "
@@ -134,7 +138,7 @@ def overview(result: StudyResult) -> list[str]:
     held_out = f"{100 * steps[strategy_dir(STRATEGIES[0])].config.val_fraction:g}%"
     text = (
         f"Data: {data}. Backend: {steps[A_FINAL].metrics.get('backend', '–')}. Part A: {len(result.sweep.trials)} "
-        "sweep trial(s), then the winner retrained on all of train/ and tested. Part B: EfficientNetV2-S, weights "
+        f"sweep trial(s), then the winner retrained on all of train/ and tested. Part B: {BACKBONES[settings.backbone].title}, weights "
         f"`{settings.weights}`, four strategies on the validation split ({held_out} of train/), then the study's "
         "final run tested. Every step is a run folder in this study's folder."
     )
@@ -167,7 +171,7 @@ def part_b(result: StudyResult) -> list[str]:
         metrics = steps[strategy_dir(strategy)].metrics
         rows.append([STRATEGY_NAMES[strategy], percent(metrics.get("best_val_accuracy")),
                      percent(PART_B_VALIDATION[strategy]), str(metrics.get("epochs_run", "–"))])  # fmt: skip
-    out = ["## Part B: fine-tuning EfficientNetV2-S", "### The strategies (validation accuracy)"]
+    out = [f"## Part B: fine-tuning {BACKBONES[result.settings.backbone].title}", "### The strategies (validation accuracy)"]
     out.append(markdown(["strategy", "ours", "the study", "epochs"], rows))
     out += ["### The final run on the test set (configs/finetune_final.yaml)", results_table(steps[B_FINAL].metrics, PART_B_TEST)]
     return out + error_analysis(result.study_dir, steps[B_FINAL])

@@ -18,7 +18,7 @@ from ..config import KERNEL_PRESETS, FinetuneConfig, ScratchConfig, TrainConfig,
 from ..data.augment import device_augment
 from ..errors import ConfigError
 from ..models.cnn import build_cnn, check_geometry, min_image_size
-from ..models.efficientnet import build_finetune_model
+from ..models.finetune import build_finetune_model
 from ..models.strategies import Stage, plan_stages, schedule_metrics, stage_logger
 from .layer_rates import layer_rate_factors
 from .loop import run_training

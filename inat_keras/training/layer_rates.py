@@ -11,13 +11,13 @@ from __future__ import annotations
 import keras
 
 from ..config import FinetuneConfig
-from ..models.efficientnet_layout import TOP
+from ..models.backbones import BACKBONES, TOP, Layout
 from ..models.strategies import HEAD_GROUP, unfreeze_order, unit_groups
 
 
-def unit_depths(unit: str) -> dict[str, int]:
+def unit_depths(layout: Layout, unit: str) -> dict[str, int]:
     """Each unit's depth from the top, in unfreezing order (the top conv trains with the first block)."""
-    depths = {name: depth for depth, name in enumerate(unfreeze_order(unit))}
+    depths = {name: depth for depth, name in enumerate(unfreeze_order(layout, unit))}
     depths.setdefault(TOP, 0)
     return depths
 
@@ -26,7 +26,7 @@ def layer_rate_factors(model: keras.Model, config: FinetuneConfig) -> dict[str, 
     """{variable path: factor} for every backbone variable; empty when both options are off."""
     if config.backbone_lr == 1.0 and config.layer_decay == 1.0:
         return {}
-    depths = unit_depths(config.unfreeze_unit)
+    depths = unit_depths(BACKBONES[config.backbone], config.unfreeze_unit)
     factors = {}
     for name, members in unit_groups(model, config.unfreeze_unit).items():
         if name == HEAD_GROUP:

@@ -1,4 +1,4 @@
-"""EfficientNetV2-S (keras-cv backbone) with a new classifier head, and where its weights come from.
+"""EfficientNetV2-S, the study's backbone (keras-cv), and where its weights come from.
 
 The backbone is built from its constructor arguments, so building never needs the network; only the
 `--weights` source may. A source that cannot be had stops the run with a message naming the URL or
@@ -14,14 +14,11 @@ import keras
 import keras_cv
 from keras import layers
 
-from ..config import FinetuneConfig
-from ..errors import ConfigError
-from .efficientnet_layout import V2S_ARGUMENTS
+from ..errors import WeightsError
+from .backbones import BACKBONE, V2S_ARGUMENTS
 from .layers import DepthwiseConv2D
 
 log = logging.getLogger(__name__)
-
-BACKBONE, PREPROCESS, HEAD = "backbone", "preprocess", "logits"
 
 OFFICIAL_FILE = "efficientnetv2-s_notop.h5"
 OFFICIAL_URL = f"https://storage.googleapis.com/tensorflow/keras-applications/efficientnet_v2/{OFFICIAL_FILE}"
@@ -34,10 +31,6 @@ KERAS_CV_HANDLE = "kaggle://keras/efficientnetv2/keras/efficientnetv2_s_imagenet
 OFFICIAL_SCALING = (1 / 128, -1.0)
 KERAS_CV_SCALING = (1 / 255, 0.0)
 NAMED_SOURCES = ("imagenet", "keras-cv", "none")
-
-
-class WeightsError(ConfigError):
-    """Pretrained weights that cannot be had or do not fit; the message says what to do instead."""
 
 
 def build_backbone(image_size: int) -> keras.Model:
@@ -157,18 +150,3 @@ def load_weights(backbone: keras.Model, weights: str) -> tuple[float, float]:
         )
     load_file(backbone, path)
     return OFFICIAL_SCALING
-
-
-def build_finetune_model(config: FinetuneConfig, num_classes: int, augment: layers.Layer | None = None) -> keras.Model:
-    """Raw pixels -> [augment, training only] -> scaling the weights expect -> backbone -> average pool ->
-    dropout -> float32 logits."""
-    config.validate()
-    backbone = build_backbone(config.image_size)
-    scale, offset = load_weights(backbone, config.weights)
-    inputs = keras.Input((config.image_size, config.image_size, 3), name="image")
-    x = layers.Rescaling(scale, offset, name=PREPROCESS)(augment(inputs) if augment else inputs)
-    x = backbone(x)
-    x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    x = layers.Dropout(config.head_dropout, name="head_dropout")(x)
-    outputs = layers.Dense(num_classes, dtype="float32", name=HEAD)(x)
-    return keras.Model(inputs, outputs, name="efficientnetv2_s_finetune")

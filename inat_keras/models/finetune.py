@@ -1,0 +1,28 @@
+"""The fine-tuning model: an ImageNet backbone (config.backbone) under a new classifier head."""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+from ..config import FinetuneConfig
+from . import efficientnet_lite, efficientnet_v2
+from .backbones import BACKBONES, HEAD, PREPROCESS
+
+BUILDERS = {"efficientnetv2_s": efficientnet_v2, "efficientnet_lite0": efficientnet_lite}  # build_backbone, load_weights
+
+
+def build_finetune_model(config: FinetuneConfig, num_classes: int, augment: layers.Layer | None = None) -> keras.Model:
+    """Raw pixels -> [augment, training only] -> scaling the weights expect -> backbone -> average pool ->
+    dropout -> float32 logits."""
+    config.validate()
+    module = BUILDERS[config.backbone]
+    backbone = module.build_backbone(config.image_size)
+    scale, offset = module.load_weights(backbone, config.weights)
+    inputs = keras.Input((config.image_size, config.image_size, 3), name="image")
+    x = layers.Rescaling(scale, offset, name=PREPROCESS)(augment(inputs) if augment else inputs)
+    x = backbone(x)
+    x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    x = layers.Dropout(config.head_dropout, name="head_dropout")(x)
+    outputs = layers.Dense(num_classes, dtype="float32", name=HEAD)(x)
+    return keras.Model(inputs, outputs, name=f"{BACKBONES[config.backbone].name}_finetune")
