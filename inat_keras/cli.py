@@ -17,15 +17,23 @@ from pathlib import Path
 import yaml
 
 from .config import (
-    AUGMENT_PLACES,
-    JIT_MODES,
-    PRECISIONS,
-    WANDB_MODES,
+    BenchOptions,
+    CompareOptions,
+    EvaluateOptions,
+    ExplainOptions,
+    ExportOptions,
     FinetuneConfig,
+    InfoOptions,
+    LrFindOptions,
+    PredictOptions,
     ScratchConfig,
     StudyConfig,
-    add_config_arguments,
+    SweepOptions,
+    SweepReportOptions,
+    TfdsOptions,
+    add_options,
     load_config,
+    options_from_args,
     overrides_from_args,
     read_yaml,
     shipped_config,
@@ -33,8 +41,6 @@ from .config import (
 )
 from .errors import ConfigError, DataError
 from .models.backbones import demo_note
-from .perf import MODELS as BENCH_MODELS
-from .perf import PARTS as BENCH_PARTS
 
 
 @contextlib.contextmanager
@@ -99,61 +105,56 @@ def cmd_lr_find(args) -> None:
 
     kind = KINDS[args.kind]
     config = kind_config(kind, args)
-    run_dir, result = find_learning_rate(config, kind, args.start_lr, args.end_lr, args.steps)
+    ramp = options_from_args(args, LrFindOptions)
+    run_dir, result = find_learning_rate(config, kind, ramp.start_lr, ramp.end_lr, ramp.steps)
     print(summary(result))
     print(f"outputs: {run_dir} (plot: {run_dir / PLOT_PNG})")
 
 
 def cmd_info(args) -> None:
-    from .models.cnn import build_cnn, describe
+    from .models.cnn import CnnArchitecture, build_cnn, describe
 
     config = load_config(ScratchConfig, args.config, overrides_from_args(args, ScratchConfig))
-    print(describe(build_cnn(config, args.num_classes), config, args.num_classes))
+    classes = options_from_args(args, InfoOptions).num_classes
+    architecture = CnnArchitecture.of(config)
+    print(describe(build_cnn(architecture, classes), architecture, classes))
 
 
 def cmd_evaluate(args) -> None:
-    from .training.checkpoints import evaluate_checkpoint
+    from .serving.evaluate import evaluate_checkpoint
 
-    out_dir, metrics = evaluate_checkpoint(args.checkpoint, args.data_dir, args.demo, args.output_dir, args.tta,
-                                           args.wandb, args.wandb_project)  # fmt: skip
-    print_summary(out_dir, metrics)
+    print_summary(*evaluate_checkpoint(options_from_args(args, EvaluateOptions)))
 
 
 def cmd_compare(args) -> None:
     from .files import write_json
     from .serving.compare import compare_runs, summary_table
 
-    result = compare_runs(args.run_a, args.run_b)
+    options = options_from_args(args, CompareOptions)
+    result = compare_runs(options.run_a, options.run_b)
     print(summary_table(result))
-    if args.output:
-        write_json(Path(args.output), result)
-        print(f"outputs: {args.output}")
+    if options.output:
+        write_json(Path(options.output), result)
+        print(f"outputs: {options.output}")
 
 
 def cmd_explain(args) -> None:
     from .serving.explain import explain_checkpoint
 
-    out_dir, index = explain_checkpoint(args.checkpoint, args.images, args.output_dir, args.class_name, args.gradcam_layer,
-                                        args.layer, args.neurons, args.channels, args.data_dir, args.demo)  # fmt: skip
+    out_dir, index = explain_checkpoint(options_from_args(args, ExplainOptions))
     for skipped in index["skipped"]:
         print(f"skipped {skipped['path']}: {skipped['reason']}", file=sys.stderr)
     print(f"outputs: {out_dir} ({len(index['images'])} image(s); index: {out_dir / 'explain.json'})")
-
-
-def comma_ints(text: str) -> list[int]:
-    try:
-        return [int(part) for part in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated channel numbers such as 0,5,12, not {text!r}") from None
 
 
 def cmd_predict(args) -> None:
     """Unreadable files are warnings, not failures: each is named, the rest is predicted, the exit code is 0."""
     from .serving.predict import predictor, write_csv
 
-    job = predictor(args.checkpoint, args.images, args.data_dir, args.demo, args.top, args.batch_size)
-    if args.csv:
-        predicted, unreadable = write_csv(args.csv, job.rows(progress=True), args.top)
+    options = options_from_args(args, PredictOptions)
+    job = predictor(options)
+    if options.csv:
+        predicted, unreadable = write_csv(options.csv, job.rows(progress=True), options.top)
     else:
         unreadable = []
         for row in job.rows():
@@ -166,18 +167,18 @@ def cmd_predict(args) -> None:
     for path, reason in unreadable:
         print(f"warning: cannot read {path}: {reason}", file=sys.stderr)
     if unreadable:
-        where = f" (rows with an error in {args.csv})" if args.csv else ""
+        where = f" (rows with an error in {options.csv})" if options.csv else ""
         print(f"warning: {len(unreadable)} of {len(job.paths)} file(s) could not be read{where}", file=sys.stderr)
     if job.ignored:
         print(f"left out {job.ignored} hidden or non-image file(s) in the folders", file=sys.stderr)
-    if args.csv:
-        print(f"outputs: {args.csv} ({predicted} image(s) predicted)")
+    if options.csv:
+        print(f"outputs: {options.csv} ({predicted} image(s) predicted)")
 
 
 def cmd_export(args) -> None:
     from .serving.export import export_checkpoint
 
-    out_dir, info = export_checkpoint(args.checkpoint, args.format, args.output_dir, args.data_dir, args.demo)
+    out_dir, info = export_checkpoint(options_from_args(args, ExportOptions))
     print(f"outputs: {out_dir} ({info['model']}, labels.txt, export.json; load it with {info['runtime']}; "
           f"checked against Keras: max logit difference {info['check']['max_abs_logit_difference']:.2g})")  # fmt: skip
 
@@ -185,18 +186,20 @@ def cmd_export(args) -> None:
 def cmd_tfds(args) -> None:
     from .data.tfds_dataset import prepare
 
-    builder = prepare(args.tfds_dir, args.manual_dir)
+    options = options_from_args(args, TfdsOptions)
+    builder = prepare(options.tfds_dir, options.manual_dir)
     counts = ", ".join(f"{name} {split.num_examples}" for name, split in builder.info.splits.items())
-    print(f"{builder.name} records: {builder.data_dir} ({counts}); train from them with --tfds-dir {args.tfds_dir or '~/tensorflow_datasets'}")
+    print(f"{builder.name} records: {builder.data_dir} ({counts}); train from them with --tfds-dir {options.tfds_dir or '~/tensorflow_datasets'}")
 
 
 def cmd_sweep(args) -> None:
     from .sweeps.launch import run_sweep
     from .sweeps.report import from_folder
 
-    overrides = {"data_dir": args.data_dir, "demo": args.demo or None, "tfds_dir": args.tfds_dir,
-                 "epochs": args.epochs, "image_size": args.image_size}
-    mode, sweep_dir = run_sweep(args.config, args.count, overrides, args.output_dir, args.offline, args.sweep_id)
+    options = options_from_args(args, SweepOptions)
+    overrides = {"data_dir": options.data_dir, "demo": options.demo or None, "tfds_dir": options.tfds_dir,
+                 "epochs": options.epochs, "image_size": options.image_size}  # fmt: skip
+    mode, sweep_dir = run_sweep(options.config, options.count, overrides, options.output_dir, options.offline, options.sweep_id)
     if mode == "local":
         report_sweep(from_folder(sweep_dir), sweep_dir)
 
@@ -204,8 +207,9 @@ def cmd_sweep(args) -> None:
 def cmd_sweep_report(args) -> None:
     from .sweeps.report import load_sweep
 
-    record, out_dir = load_sweep(args.sweep, args.project)
-    report_sweep(record, Path(args.output_dir) if args.output_dir else out_dir)
+    options = options_from_args(args, SweepReportOptions)
+    record, out_dir = load_sweep(options.sweep, options.project)
+    report_sweep(record, Path(options.output_dir) if options.output_dir else out_dir)
 
 
 def report_sweep(record, out_dir: Path) -> None:
@@ -233,16 +237,15 @@ def cmd_study(args) -> None:
 
 
 def cmd_bench(args) -> None:
-    from .perf.benchmark import BenchOptions, run_bench, summary, write_report
+    from .perf.benchmark import BenchOptions as Bench
+    from .perf.benchmark import run_bench, summary, write_report
 
-    options = BenchOptions(args.model, args.image_size, args.batch_size, args.data_dir, args.steps, args.repeats,
-                           args.images, tuple(args.parts.split(",")), args.precision, args.jit_compile,
-                           args.peak_tflops, overrides={"augment_on": args.augment_on})  # fmt: skip
+    options = options_from_args(args, Bench)
     report = run_bench(options)
     print(summary(report))
-    if args.json:
-        write_report(report, args.json)
-        print(f"outputs: {args.json}")
+    if options.json:
+        write_report(report, options.json)
+        print(f"outputs: {options.json}")
 
 
 def print_summary(run_dir: Path, metrics: dict) -> None:
@@ -256,137 +259,57 @@ def print_summary(run_dir: Path, metrics: dict) -> None:
     print(f"outputs: {run_dir}")
 
 
+# The training commands: name -> (help, config class, shipped YAML). Their options come from the config class.
+TRAINING = {
+    "scratch": ("train the 5-block CNN from scratch (Part A)", ScratchConfig, "scratch.yaml"),
+    "finetune": ("fine-tune EfficientNetV2-S, or EfficientNet-Lite0 (Part B)", FinetuneConfig, "finetune.yaml"),
+}
+COMMANDS = {  # the others: name -> (help, options class, function)
+    "info": ("layer table, parameter count and FLOPs of a CNN configuration", InfoOptions, cmd_info),
+    "evaluate": ("re-evaluate a saved model on the test set", EvaluateOptions, cmd_evaluate),
+    "compare": ("two runs on the same test list: accuracies, paired bootstrap, McNemar", CompareOptions, cmd_compare),
+    "explain": ("Grad-CAM, guided backpropagation, filters and feature maps of a checkpoint", ExplainOptions, cmd_explain),
+    "predict": ("top classes for image files and folders", PredictOptions, cmd_predict),
+    "export": ("a checkpoint as a SavedModel, ONNX or LiteRT model, with its class names", ExportOptions, cmd_export),
+    "sweep": ("hyperparameter sweep from a W&B sweep file (W&B agent or local search)", SweepOptions, cmd_sweep),
+    "tfds": ("build iNaturalist-12K as TFDS records (tfds.load('inaturalist12k'))", TfdsOptions, cmd_tfds),
+    "sweep-report": ("ranked trials, best config, parameter importance, plots", SweepReportOptions, cmd_sweep_report),
+    "study": ("the whole study: Part A sweep, retrain, test; Part B strategies, final run; report", StudyConfig, cmd_study),
+    "bench": ("training, inference, input-pipeline and epoch speed on the active backend", BenchOptions, cmd_bench),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """Every command's flags come from its options dataclass (config.training, config.commands), grouped by section."""
     parser = argparse.ArgumentParser(prog="run.py", description="inat-keras: train, fine-tune and evaluate image classifiers")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
-
-    scratch = commands.add_parser("scratch", help="train the 5-block CNN from scratch (Part A)")
-    scratch.add_argument("--config", help="YAML config (default configs/scratch.yaml)")
-    add_config_arguments(scratch, ScratchConfig)
-    finetune = commands.add_parser("finetune", help="fine-tune EfficientNetV2-S, or EfficientNet-Lite0 (Part B)")
-    finetune.add_argument("--config", help="YAML config (default configs/finetune.yaml)")
-    add_config_arguments(finetune, FinetuneConfig)
-    finetune.add_argument("--print-schedule", action="store_true",
-                          help="print each stage's epochs, units and trainable parameters, and stop (no training, no download)")
-    for train in (scratch, finetune):
+    for name, (what, cls, config_file) in TRAINING.items():
+        train = commands.add_parser(name, help=what)
+        train.add_argument("--config", help=f"YAML config (default configs/{config_file})")
         train.add_argument("--print-config", action="store_true", help="print the resolved config and stop")
+        if name == "finetune":
+            train.add_argument("--print-schedule", action="store_true",
+                               help="print each stage's epochs, units and trainable parameters, and stop (no training)")
+        add_options(train, cls)
         train.set_defaults(func=cmd_train)
 
     lr_find = commands.add_parser("lr-find", help="learning-rate finder: loss over an exponential ramp, plot, suggestion")
     lr_kinds = lr_find.add_subparsers(dest="kind", required=True)
-    for name, cls, what in (("scratch", ScratchConfig, "the 5-block CNN"), ("finetune", FinetuneConfig, "the fine-tuning backbone")):
+    for name, (what, cls, config_file) in TRAINING.items():
         finder = lr_kinds.add_parser(name, help=f"{what}, built as `run.py {name}` builds it")
-        finder.add_argument("--config", help=f"YAML config (default configs/{name}.yaml)")
-        add_config_arguments(finder, cls)
-        finder.add_argument("--start-lr", type=float, default=1e-7, help="first rate of the ramp")
-        finder.add_argument("--end-lr", type=float, default=10.0, help="last rate of the ramp")
-        finder.add_argument("--steps", type=int, default=200, help="training steps of the ramp (it stops early if the loss diverges)")
+        finder.add_argument("--config", help=f"YAML config (default configs/{config_file})")
+        add_options(finder, LrFindOptions)
+        add_options(finder, cls)
         finder.set_defaults(func=cmd_lr_find)
 
-    info = commands.add_parser("info", help="layer table, parameter count and FLOPs of a CNN configuration")
-    info.add_argument("--config", help="YAML config")
-    info.add_argument("--num-classes", type=int, default=10)
-    add_config_arguments(info, ScratchConfig)
-    info.set_defaults(func=cmd_info)
-
-    evaluate = commands.add_parser("evaluate", help="re-evaluate a saved model on the test set")
-    evaluate.add_argument("--checkpoint", required=True, help="a .keras file written by a run")
-    evaluate.add_argument("--data-dir", help="dataset folder (default: the one the run used)")
-    evaluate.add_argument("--demo", action="store_true", help="evaluate on the demo data")
-    evaluate.add_argument("--output-dir", help="where to write metrics and pictures (default: a new runs/ folder)")
-    evaluate.add_argument("--tta", action="store_true",
-                          help="also test with test-time augmentation (mean softmax of each image and its horizontal mirror)")
-    evaluate.add_argument("--wandb", choices=WANDB_MODES, default="disabled",
-                          help="log the metrics, pictures and predictions table to a W&B run of its own (default: disabled)")
-    evaluate.add_argument("--wandb-project", default="inat-keras", help="W&B project name")
-    evaluate.set_defaults(func=cmd_evaluate)
-
-    compare = commands.add_parser("compare", help="two runs on the same test list: accuracies, paired bootstrap, McNemar")
-    compare.add_argument("run_a", metavar="RUN_A", help="a final run's folder or an evaluate output folder (its predictions.csv)")
-    compare.add_argument("run_b", metavar="RUN_B", help="the same for the other model")
-    compare.add_argument("--output", metavar="FILE", help="also write the figures to this JSON file")
-    compare.set_defaults(func=cmd_compare)
-
-    explain = commands.add_parser("explain", help="Grad-CAM, guided backpropagation, filters and feature maps of a checkpoint")
-    explain.add_argument("--checkpoint", required=True, help="a .keras file written by a run")
-    explain.add_argument("images", nargs="+", help="image files")
-    explain.add_argument("--output-dir", metavar="DIR", help="an empty or new folder for the PNGs and explain.json (default: a new runs/ folder)")
-    explain.add_argument("--class", dest="class_name", metavar="NAME", help="Grad-CAM of this class for every image (default: each one's predicted class)")
-    explain.add_argument("--gradcam-layer", metavar="NAME", help="feature-map layer for Grad-CAM (default: the last, the CNN's block5_act, EfficientNet's backbone)")
-    explain.add_argument("--layer", metavar="NAME", help="the CNN layer whose neurons guided backpropagation explains (default: its last block, block5_act)")
-    explain.add_argument("--neurons", type=int, default=10, metavar="N", help="how many of that layer's channels: the most active on these images")
-    explain.add_argument("--channels", type=comma_ints, metavar="LIST", help="these channels instead, e.g. 0,5,12")
-    explain.add_argument("--data-dir", help="take class names from this dataset (default: the run's split.json)")
-    explain.add_argument("--demo", action="store_true", help="take class names from the demo data")
-    explain.set_defaults(func=cmd_explain)
-
-    predict = commands.add_parser("predict", help="top classes for image files and folders")
-    predict.add_argument("--checkpoint", required=True, help="a .keras file written by a run")
-    predict.add_argument("images", nargs="+", metavar="FOLDER_OR_IMAGE", help="image files, or folders walked recursively")
-    predict.add_argument("--data-dir", help="take class names from this dataset (default: the run's split.json)")
-    predict.add_argument("--demo", action="store_true", help="take class names from the demo data")
-    predict.add_argument("--top", type=int, default=3, help="how many classes to show")
-    predict.add_argument("--csv", help="write path, class_1, prob_1, ..., error per file to this CSV (with a progress bar) instead of printing")
-    predict.add_argument("--batch-size", type=int, default=32, help="images per predict step")
-    predict.set_defaults(func=cmd_predict)
-
-    export = commands.add_parser("export", help="a checkpoint as a SavedModel, ONNX or LiteRT model, with its class names")
-    export.add_argument("--checkpoint", required=True, help="a .keras file written by a run")
-    export.add_argument("--format", required=True, choices=("saved_model", "onnx", "litert"), help="what to export to")
-    export.add_argument("--output-dir", help="a new or empty folder (default: RUN/export-FORMAT)")
-    export.add_argument("--data-dir", help="take class names from this dataset (default: the run's split.json)")
-    export.add_argument("--demo", action="store_true", help="take class names from the demo data")
-    export.set_defaults(func=cmd_export)
-
-    sweep = commands.add_parser("sweep", help="hyperparameter sweep from a W&B sweep file (W&B agent or local search)")
-    sweep.add_argument("config", help="W&B sweep file, e.g. configs/sweep_scratch.yaml")
-    sweep.add_argument("--count", type=int, required=True, help="trials: in all for a local sweep, by this agent online")
-    data = sweep.add_mutually_exclusive_group()
-    data.add_argument("--data-dir", help="dataset folder (default: iNaturalist-12K, fetched when missing)")
-    data.add_argument("--demo", action="store_true", help="use the embedded demo data")
-    data.add_argument("--tfds-dir", help="TFDS data folder with prepared inaturalist12k records (run.py tfds)")
-    sweep.add_argument("--epochs", type=int, help="epochs per trial (default: the run's YAML)")
-    sweep.add_argument("--image-size", type=int, help="input size of every trial (default: the run's YAML)")
-    sweep.add_argument("--output-dir", help="sweep folder: new, or a local sweep to resume (default runs/sweep-<time>)")
-    sweep.add_argument("--offline", action="store_true", help="local search even when logged in to W&B")
-    sweep.add_argument("--sweep-id", help="join this W&B sweep (ID or ENTITY/PROJECT/ID) as one more agent")
-    sweep.set_defaults(func=cmd_sweep)
-
-    tfds_cmd = commands.add_parser("tfds", help="build iNaturalist-12K as TFDS records (tfds.load('inaturalist12k'))")
-    tfds_cmd.add_argument("--tfds-dir", help="TFDS data folder (default: TFDS's own, ~/tensorflow_datasets)")
-    tfds_cmd.add_argument("--manual-dir", help="an unzipped nature_12K.zip (holding inaturalist_12K/) to use instead of downloading")
-    tfds_cmd.set_defaults(func=cmd_tfds)
-
-    sweep_report = commands.add_parser("sweep-report", help="ranked trials, best config, parameter importance, plots")
-    sweep_report.add_argument("sweep", metavar="SWEEP_DIR_OR_ID", help="a local sweep folder or a W&B sweep id")
-    sweep_report.add_argument("--project", default="inat-keras", help="W&B project of a bare sweep id")
-    sweep_report.add_argument("--output-dir", help="where to write (default: the sweep folder, or runs/sweep-<id>)")
-    sweep_report.set_defaults(func=cmd_sweep_report)
-
-    study = commands.add_parser("study", help="the whole study: Part A sweep, retrain, test; Part B strategies, final run; report")
-    add_config_arguments(study, StudyConfig)
-    study.set_defaults(func=cmd_study)
-
-    bench = commands.add_parser("bench", help="training, inference, input-pipeline and epoch speed on the active backend")
-    bench.add_argument("--model", choices=BENCH_MODELS, default="cnn",
-                       help="cnn: 64x5 3x3 ReLU; cnn-best: configs/scratch_best.yaml; efficientnet: V2-S, "
-                            "efficientnet-lite0: Lite0 (both random weights, every layer training)")
-    bench.add_argument("--image-size", type=int, default=224, help="square input size in pixels")
-    bench.add_argument("--batch-size", type=int, default=32, help="images per step")
-    bench.add_argument("--data-dir", help="dataset folder of JPEGs (default: photo-like JPEGs made once in the cache)")
-    bench.add_argument("--steps", type=int, default=5, help="steps per timed repeat")
-    bench.add_argument("--repeats", type=int, default=3, help="timed repeats; the median is reported")
-    bench.add_argument("--images", type=int, default=320, help="size of the generated folder (without --data-dir)")
-    bench.add_argument("--parts", default=",".join(BENCH_PARTS), help="comma-separated subset to measure")
-    bench.add_argument("--precision", choices=PRECISIONS, default="float32", help="compute dtype policy")
-    bench.add_argument("--jit-compile", choices=JIT_MODES, default="auto", help="XLA for the TensorFlow step")
-    bench.add_argument("--peak-tflops", type=float, default=0.0,
-                       help="the device's dense peak TFLOP/s at this precision: adds model FLOP utilisation (MFU)")
-    bench.add_argument("--augment-on", choices=AUGMENT_PLACES, default="device",
-                       help="device: augmentation inside the timed training step and fit; host: in the tf.data pipeline")
-    bench.add_argument("--json", help="also write every figure to this JSON file")
-    bench.set_defaults(func=cmd_bench)
+    for name, (what, cls, func) in COMMANDS.items():
+        command = commands.add_parser(name, help=what)
+        if name == "info":
+            command.add_argument("--config", help="YAML config")
+            add_options(command, ScratchConfig)
+        add_options(command, cls)
+        command.set_defaults(func=func)
     return parser
 
 

@@ -1,4 +1,30 @@
-"""Shared fixtures: tiny image folders, a private cache, W&B switched off, and a fast CNN config."""
+"""Shared fixtures and markers. No test module imports this file or another test module: what several modules
+need is a fixture here, requested by name.
+
+The environment first: a private cache, one JAX compilation cache, W&B off and pointed at a closed port.
+
+Fixtures (a `make_...` fixture returns a function, for a test or a wider-scoped fixture that passes arguments):
+- class_names: the classes of every image folder written here, ("cat", "dog", "owl").
+- make_image_folder(root, per_class, size=(40, 30), seed=0) and image_folder (10 training and 4 test images
+  a class, in the test's tmp_path).
+- make_tiny_cnn_options() and tiny_cnn_options: a CNN that trains in a second, a fresh dict each time;
+  tiny_cnn_flags(**changes): the same options as command-line flags (a change to None leaves a flag out).
+- tiny_run: the tiny CNN trained on a 10 + 4 image folder, once per session (once per xdist worker). Shared:
+  read its folders, write elsewhere.
+- interrupt(at_epoch): a callback that stands in for a kill as that epoch begins.
+- head_then_all: stages as gradual unfreezing makes them (a `plan_stages` for the scratch kind).
+- make_sweep_file(folder, parameters, constants=None, method="bayes", name="sweep.yaml", **extra) and
+  tiny_sweep_constants (the tiny CNN as a sweep's fixed parameters, one epoch a trial).
+- fake_wandb_run(config): what wandb.init (or a sweep agent) hands a trial, without a server.
+
+Markers (registered in pyproject.toml):
+- large: takes more than about 30 s; `python -m pytest -m "not large"` is the quick local run.
+- tensorflow_only: a backend-independent test of other processes, run once, under TensorFlow.
+
+Every test starts from keras.utils.set_random_seed(0) (Python, NumPy, TensorFlow and Keras's own generators):
+what a model draws does not depend on which tests ran before it in its worker. A module- or session-scoped
+fixture that draws seeds itself, since it is built before the test's own seeding.
+"""
 
 import atexit
 import os
@@ -6,6 +32,7 @@ import shutil
 import tempfile
 
 _CACHE = tempfile.mkdtemp(prefix="inat-keras-test-cache-")
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 os.environ["INAT_KERAS_CACHE"] = _CACHE  # before inat_keras.data.cache reads it
 # JAX: one compilation cache for this session and the processes its tests start (they inherit the environment).
 # The same programs come back again and again: every EfficientNetV2-S build compiles its initialisers, a resumed
@@ -25,23 +52,44 @@ from inat_keras.perf.cpu_tuning import prepare_for  # noqa: E402
 
 prepare_for("cnn")  # what the CLI does before JAX starts, for the commands these tests run in-process
 
+import types  # noqa: E402
+from collections.abc import Mapping  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import NamedTuple  # noqa: E402
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import yaml  # noqa: E402
 from PIL import Image  # noqa: E402
 
 CLASSES = ("cat", "dog", "owl")
-
-# For tests that check other processes (a CLI run, a lock, an installed wheel) through files and exit codes:
-# nothing they check depends on the backend, so CI runs them once, in its TensorFlow pass.
-tensorflow_only = pytest.mark.skipif(
-    keras.backend.backend() != "tensorflow", reason="backend-independent subprocess test: runs once, under TensorFlow"
-)
+SEED = 0
 
 
-def write_image_folder(root: Path, per_class: dict, size=(40, 30), seed=0) -> Path:
+# ---- markers ----------------------------------------------------------------------------------------------
+
+
+def pytest_collection_modifyitems(config, items):
+    """tensorflow_only: the test checks other processes (a CLI run, a lock, an installed wheel) through files and
+    exit codes; nothing it checks depends on the backend, so CI runs it once, in its TensorFlow pass."""
+    if keras.backend.backend() == "tensorflow":
+        return
+    skip = pytest.mark.skip(reason="backend-independent subprocess test: runs once, under TensorFlow")
+    for item in items:
+        if item.get_closest_marker("tensorflow_only"):
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    keras.utils.set_random_seed(SEED)
+
+
+# ---- images and the tiny CNN --------------------------------------------------------------------------------
+
+
+def _write_image_folder(root: Path, per_class: dict, size=(40, 30), seed=0) -> Path:
     """root/<split>/<class>/*.{jpg,png}: each class a distinct colour plus noise, so a model can learn it."""
     rng = np.random.default_rng(seed)
     for split, count in per_class.items():
@@ -57,12 +105,7 @@ def write_image_folder(root: Path, per_class: dict, size=(40, 30), seed=0) -> Pa
     return root
 
 
-@pytest.fixture
-def image_folder(tmp_path) -> Path:
-    return write_image_folder(tmp_path / "data", {"train": 10, "val": 4})
-
-
-def tiny_cnn_values() -> dict:
+def _tiny_cnn_options() -> dict:
     """Options for a CNN that trains in a second: 1x1 kernels allow 32x32 inputs."""
     return {
         "image_size": 32,
@@ -76,9 +119,64 @@ def tiny_cnn_values() -> dict:
     }
 
 
+@pytest.fixture(scope="session")
+def class_names() -> tuple[str, ...]:
+    return CLASSES
+
+
+@pytest.fixture(scope="session")
+def make_image_folder():
+    """make_image_folder(root, {"train": n, "val": m}, size=(40, 30), seed=0) -> root."""
+    return _write_image_folder
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    return _write_image_folder(tmp_path / "data", {"train": 10, "val": 4})
+
+
+@pytest.fixture(scope="session")
+def make_tiny_cnn_options():
+    return _tiny_cnn_options
+
+
 @pytest.fixture
 def tiny_cnn_options() -> dict:
-    return tiny_cnn_values()
+    return _tiny_cnn_options()
+
+
+@pytest.fixture(scope="session")
+def tiny_cnn_flags():
+    """tiny_cnn_flags(epochs=3, learning_rate=None) -> ["--image-size=32", "--filters=4,4,4,4,4", ...]."""
+
+    def flags(**changes) -> list[str]:
+        values = {**_tiny_cnn_options(), **changes}
+        return [f"--{k.replace('_', '-')}={','.join(map(str, v)) if isinstance(v, list) else v}"
+                for k, v in values.items() if v is not None]  # fmt: skip
+
+    return flags
+
+
+class TinyRun(NamedTuple):
+    run_dir: Path
+    data: Path
+    metrics: Mapping
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> TinyRun:
+    """The tiny CNN's whole run (2 epochs, its checkpoint, metrics and pictures) on a 10 + 4 image folder."""
+    from inat_keras.config import ScratchConfig, build_config
+    from inat_keras.training.kinds import KINDS
+
+    root = tmp_path_factory.mktemp("tiny-run")
+    data = _write_image_folder(root / "data", {"train": 10, "val": 4})
+    config = build_config(ScratchConfig, {**_tiny_cnn_options(), "data_dir": str(data), "output_dir": str(root / "run")})
+    run_dir, metrics = KINDS["scratch"].train(config)  # seeded by config.seed
+    return TinyRun(run_dir, data, types.MappingProxyType(metrics))
+
+
+# ---- training: kills and stages -----------------------------------------------------------------------------
 
 
 class Interrupt(keras.callbacks.Callback):
@@ -91,3 +189,80 @@ class Interrupt(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         if epoch == self.at_epoch:
             raise KeyboardInterrupt
+
+
+@pytest.fixture(scope="session")
+def interrupt():
+    """interrupt(at_epoch) -> a callback that raises KeyboardInterrupt as that epoch (0-based) begins."""
+    return Interrupt
+
+
+@pytest.fixture(scope="session")
+def head_then_all():
+    """A `plan_stages`: two stages as gradual unfreezing makes them (a recompile between), the dense layers for
+    epochs 1-2, then all."""
+    from inat_keras.models.strategies import Stage
+
+    def head_then_all(model, config):
+        def head_only(model):
+            for layer in model.layers:
+                layer.trainable = isinstance(layer, keras.layers.Dense)
+
+        def everything(model):
+            for layer in model.layers:
+                layer.trainable = True
+
+        return [Stage(0, 2, head_only, "head"), Stage(2, config.epochs, everything, "full")]
+
+    return head_then_all
+
+
+# ---- sweeps -------------------------------------------------------------------------------------------------
+
+
+def _tiny_sweep_constants() -> dict:
+    constants = {k: v for k, v in _tiny_cnn_options().items() if k not in ("wandb", "learning_rate")}
+    return {**constants, "epochs": 1}
+
+
+@pytest.fixture
+def tiny_sweep_constants() -> dict:
+    """The tiny CNN as a sweep's fixed parameters: one epoch a trial, the learning rate left to the sweep."""
+    return _tiny_sweep_constants()
+
+
+@pytest.fixture(scope="session")
+def make_sweep_file():
+    """make_sweep_file(folder, parameters, constants=None, method="bayes", name="sweep.yaml", **extra) -> path:
+    a sweep of `parameters` maximising val_accuracy, each of `constants` (default: tiny_sweep_constants) a
+    fixed value; `extra` keys (early_terminate, entity, project, ...) go into the file as they are."""
+
+    def write(folder: Path, parameters: dict, constants: dict | None = None, method="bayes", name="sweep.yaml", **extra) -> Path:
+        constants = _tiny_sweep_constants() if constants is None else constants
+        spec = {
+            "method": method,
+            "metric": {"name": "val_accuracy", "goal": "maximize"},
+            "parameters": {**{k: {"value": v} for k, v in constants.items()}, **parameters},
+            **extra,
+        }
+        path = folder / name
+        path.write_text(yaml.safe_dump(spec))
+        return path
+
+    return write
+
+
+class FakeWandbRun:
+    """What wandb.init (or a sweep agent) hands a trial: its config and summary, and the exit code it finished with."""
+
+    def __init__(self, config, run_id="run42"):
+        self.id, self.config, self.summary, self.sweep_id, self.exit_code = run_id, config, {}, "abc", None
+
+    def finish(self, exit_code=0):
+        self.exit_code = exit_code
+
+
+@pytest.fixture(scope="session")
+def fake_wandb_run():
+    """fake_wandb_run(config, run_id="run42"): its sweep_id is "abc"; exit_code stays None until finish()."""
+    return FakeWandbRun

@@ -1,9 +1,9 @@
 import json
 import math
-import sys
 
 import keras
 import numpy as np
+import pytest
 from PIL import Image
 
 from inat_keras.perf.benchmark import BenchOptions, run_bench, summary
@@ -11,17 +11,21 @@ from inat_keras.cli import main
 from inat_keras.data.cache import CACHE_HOME
 from inat_keras.data.synthetic import cached_photo_folder
 
-from conftest import tiny_cnn_values
+
+@pytest.fixture
+def tiny(tiny_cnn_options):
+    """tiny(**options) -> BenchOptions: two steps, twice, of the tiny CNN."""
+
+    def bench_options(**extra) -> BenchOptions:
+        values = tiny_cnn_options
+        options = {"image_size": values["image_size"], "batch_size": 4, "steps": 2, "repeats": 2, "matmul_size": 256}
+        overrides = {k: values[k] for k in ("filters", "kernel_sizes", "dense_units")}
+        return BenchOptions(**{**options, **extra}, overrides=overrides)
+
+    return bench_options
 
 
-def tiny(**extra) -> BenchOptions:
-    values = tiny_cnn_values()
-    options = {"image_size": values["image_size"], "batch_size": 4, "steps": 2, "repeats": 2, "matmul_size": 256}
-    overrides = {k: values[k] for k in ("filters", "kernel_sizes", "dense_units")}
-    return BenchOptions(**{**options, **extra}, overrides=overrides)
-
-
-def test_bench_measures_steps_pipeline_and_epochs(image_folder):
+def test_bench_measures_steps_pipeline_and_epochs(image_folder, tiny):
     report = run_bench(tiny(data_dir=str(image_folder)))
     assert report["backend"] == keras.backend.backend() and report["cpu_count"] >= 1
     flops = report["forward_gflops_per_image"] * 1e9
@@ -45,8 +49,8 @@ def test_bench_measures_steps_pipeline_and_epochs(image_folder):
     assert "train" in summary(report) and "pipeline" in summary(report) and "matmul rate" in summary(report)
 
 
-def test_bench_in_mixed_precision_reports_mfu_against_the_given_peak():
-    report = run_bench(tiny(parts=("train",), precision="mixed_bfloat16", peak_tflops=0.5))
+def test_bench_in_mixed_precision_reports_mfu_against_the_given_peak(tiny):
+    report = run_bench(tiny(parts="train", precision="mixed_bfloat16", peak_tflops=0.5))
     assert report["precision"] == "mixed_bfloat16"
     assert math.isclose(report["train"]["mfu"], report["train"]["gflops_per_second"] / 500)
     assert keras.config.dtype_policy().name == "float32"

@@ -12,12 +12,11 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import tensorflow_only, write_image_folder
 from inat_keras.data.pipeline import make_dataset
 from inat_keras.data.splits import splits_from_record
 from inat_keras.config import ScratchConfig, load_config
 from inat_keras.models import layers  # noqa: F401  (registers the CNN's layers for loading)
-from inat_keras.training.run_folder import read_checkpoint_record, read_history
+from inat_keras.outputs.run_folder import read_checkpoint_record, read_history
 
 ROOT = Path(__file__).resolve().parent.parent
 DRIVER = Path(__file__).resolve().parent / "chaos_train.py"
@@ -31,13 +30,12 @@ def strict_json(text: str):
     return json.loads(text, parse_constant=refuse)
 
 
-@tensorflow_only
-def test_kills_at_every_point_leave_a_run_that_finishes_whole(tmp_path):
-    data = write_image_folder(tmp_path / "data", {"train": 8, "val": 3})
+@pytest.mark.large
+@pytest.mark.tensorflow_only
+def test_kills_at_every_point_leave_a_run_that_finishes_whole(tmp_path, make_image_folder, tiny_cnn_flags):
+    data = make_image_folder(tmp_path / "data", {"train": 8, "val": 3})
     out = tmp_path / "run"
-    command = ["scratch", "--data-dir", str(data), "--output-dir", str(out), "--image-size", "32",
-               "--filters", "4,4,4,4,4", "--kernel-sizes", "1,1,1,1,1", "--dense-units", "8", "--batch-size", "4",
-               "--epochs", "3", "--learning-rate", "0.01", "--wandb", "disabled"]  # fmt: skip
+    command = ["scratch", "--data-dir", str(data), "--output-dir", str(out), *tiny_cnn_flags(batch_size=4, epochs=3)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     for point in (*POINTS, None):
         done = subprocess.run([sys.executable, str(DRIVER), *command], env={**env, "CHAOS_KILL_AT": point or ""},

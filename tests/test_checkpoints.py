@@ -4,30 +4,14 @@ import errno
 import os
 
 import keras
-import numpy as np
 import pytest
-from PIL import Image
 
-from conftest import tiny_cnn_values
 from inat_keras.cli import main
-from inat_keras.config import ScratchConfig, build_config
-from inat_keras.training.kinds import KINDS
-from inat_keras.training.run_folder import read_checkpoint_record, read_history
+from inat_keras.outputs.run_folder import read_checkpoint_record, read_history
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    from conftest import write_image_folder
-
-    root = tmp_path_factory.mktemp("ckpt")
-    data = write_image_folder(root / "data", {"train": 10, "val": 4})
-    config = build_config(ScratchConfig, {**tiny_cnn_values(), "data_dir": str(data), "output_dir": str(root / "run")})
-    run_dir, _ = KINDS["scratch"].train(config)
-    return run_dir, data
-
-
-def test_a_truncated_checkpoint_is_named_as_such(trained, tmp_path, capsys):
-    run_dir, _ = trained
+def test_a_truncated_checkpoint_is_named_as_such(tiny_run, tmp_path, capsys):
+    run_dir = tiny_run.run_dir
     broken = tmp_path / "model.keras"
     broken.write_bytes((run_dir / "model.keras").read_bytes()[:5000])
     assert main(["evaluate", "--checkpoint", str(broken), "--demo"]) == 2
@@ -36,8 +20,8 @@ def test_a_truncated_checkpoint_is_named_as_such(trained, tmp_path, capsys):
     assert "not found" not in err[0]
 
 
-def test_predict_reports_unreadable_files_and_goes_on(trained, tmp_path, capsys):
-    run_dir, data = trained
+def test_predict_reports_unreadable_files_and_goes_on(tiny_run, tmp_path, capsys):
+    run_dir, data, _ = tiny_run
     good = sorted((data / "val" / "owl").iterdir())[0]
     text = tmp_path / "notes.jpg"
     text.write_text("not an image")
@@ -53,11 +37,9 @@ def test_predict_reports_unreadable_files_and_goes_on(trained, tmp_path, capsys)
     assert "2 of 3 file(s) could not be read" in errors[2]
 
 
-def test_a_full_disk_keeps_the_last_good_checkpoint_and_backup(image_folder, tmp_path, monkeypatch, capsys):
+def test_a_full_disk_keeps_the_last_good_checkpoint_and_backup(image_folder, tmp_path, monkeypatch, capsys, tiny_cnn_flags):
     out = tmp_path / "run"
-    argv = ["scratch", "--data-dir", str(image_folder), "--output-dir", str(out), "--image-size", "32", "--filters",
-            "4,4,4,4,4", "--kernel-sizes", "1,1,1,1,1", "--dense-units", "8", "--batch-size", "8", "--epochs", "3",
-            "--wandb", "disabled", "--learning-rate", "0.01"]  # fmt: skip
+    argv = ["scratch", "--data-dir", str(image_folder), "--output-dir", str(out), *tiny_cnn_flags(epochs=3)]
     save_weights, written = keras.Model.save_weights, []
 
     def disk_full_at_the_third_backup(self, filepath, *args, **kwargs):

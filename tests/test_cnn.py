@@ -1,6 +1,6 @@
 import pytest
 
-from inat_keras.models.cnn import build_cnn, check_geometry, closed_form_params, min_image_size, model_flops
+from inat_keras.models.cnn import CnnArchitecture, build_cnn, check_geometry, closed_form_params, min_image_size, model_flops
 from inat_keras.config import ConfigError, ScratchConfig, build_config
 
 
@@ -10,10 +10,10 @@ def make(**values):
 
 def test_default_cnn_matches_the_study_counts():
     config = make()
-    model = build_cnn(config, 10)
+    model = build_cnn(CnnArchitecture.of(config), 10)
     assert model.count_params() == 3_448_842
     assert model_flops(model) == pytest.approx(1.302e9, rel=1e-3)
-    assert closed_form_params(config, 10) != model.count_params()  # an approximation, shown beside it
+    assert closed_form_params(CnnArchitecture.of(config), 10) != model.count_params()  # an approximation, shown beside it
 
 
 @pytest.mark.parametrize(
@@ -27,9 +27,9 @@ def test_default_cnn_matches_the_study_counts():
 )
 def test_hand_count_equals_keras_count(values):
     config = make(**values)
-    model = build_cnn(config, 7)
+    model = build_cnn(CnnArchitecture.of(config), 7)
     size, channels, expected = config.image_size, config.channels, 0
-    for filters, k in zip(config.filters, config.kernel_sizes):
+    for filters, k in zip(config.filter_list(), config.kernel_list()):
         expected += (k * k * channels + 1) * filters + (4 * filters if config.batch_norm else 0)
         if config.activation == "parametric_relu":
             expected += filters
@@ -43,7 +43,7 @@ def test_hand_count_equals_keras_count(values):
 
 
 def test_block_order_is_conv_bn_act_dropout_pool():
-    model = build_cnn(make(batch_norm=True, dropout=0.2), 10)
+    model = build_cnn(CnnArchitecture.of(make(batch_norm=True, dropout=0.2)), 10)
     names = [layer.name for layer in model.layers if layer.name.startswith("block1")]
     assert names == ["block1_conv", "block1_bn", "block1_act", "block1_dropout", "block1_pool"]
     assert model.get_layer("block1_conv").padding == "valid"
@@ -56,4 +56,4 @@ def test_too_small_image_is_refused_with_the_smallest_size():
     with pytest.raises(ConfigError, match=f"smallest image size that works is {smallest}"):
         check_geometry(smallest - 1, kernels)
     with pytest.raises(ConfigError, match="too small"):
-        build_cnn(make(image_size=64), 10)
+        build_cnn(CnnArchitecture.of(make(image_size=64)), 10)

@@ -10,7 +10,7 @@ from inat_keras.analysis import errors
 from inat_keras.cli import main
 from inat_keras.errors import DataError
 from inat_keras.serving.compare import compare_runs
-from inat_keras.training.evaluation import prediction_rows, write_predictions
+from inat_keras.inference.evaluation import prediction_rows, write_predictions
 
 from conftest import CLASSES
 

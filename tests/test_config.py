@@ -12,12 +12,12 @@ from inat_keras.config import (
 
 def test_presets_resolve_to_five_blocks():
     config = build_config(ScratchConfig, {"filters": "doubling32", "kernel_sizes": "decreasing"})
-    assert config.filters == [32, 64, 128, 256, 512]
-    assert config.kernel_sizes == [5, 5, 3, 3, 1]
+    assert config.filter_list() == [32, 64, 128, 256, 512]
+    assert config.kernel_list() == [5, 5, 3, 3, 1]
 
 
 def test_comma_lists_are_accepted():
-    assert build_config(ScratchConfig, {"filters": "8,8,16,16,32"}).filters == [8, 8, 16, 16, 32]
+    assert build_config(ScratchConfig, {"filters": "8,8,16,16,32"}).filter_list() == [8, 8, 16, 16, 32]
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from inat_keras.perf.cpu_tuning import configure_xla_flags, malloc_environment

@@ -13,8 +13,9 @@ import pytest
 
 from conftest import tiny_cnn_values, write_image_folder
 from inat_keras.models import layers  # noqa: F401  (registers the CNN layers for loading)
-from inat_keras.training import distribute, loop, run_folder
-from inat_keras.training.run_folder import read_history
+from inat_keras.outputs import run_folder
+from inat_keras.training import distribute, loop
+from inat_keras.outputs.run_folder import read_history
 from inat_keras.config import ConfigError, ScratchConfig, build_config
 from inat_keras.training.distribute import Placement, place
 from inat_keras.training.kinds import KINDS

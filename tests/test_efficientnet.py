@@ -18,7 +18,7 @@ from inat_keras.models.efficientnet_v2 import (
     build_backbone,
     load_weights,
 )
-from inat_keras.models.finetune import build_finetune_model
+from inat_keras.models.finetune import FinetuneArchitecture, build_finetune_model
 
 SIZE = 32  # the smallest size the model takes: fast, and keras.applications accepts it
 
@@ -61,7 +61,7 @@ def official_file(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def random_model():
-    return build_finetune_model(config(weights="none"), 3)
+    return build_finetune_model(FinetuneArchitecture.of(config(weights="none")), 3)
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,7 @@ def test_imagenet_weights_transfer_exactly(official_file, random_model, monkeypa
         return str(path)
 
     monkeypatch.setattr(keras.utils, "get_file", fake_get_file)
-    model = build_finetune_model(config(weights="imagenet"), 3)
+    model = build_finetune_model(FinetuneArchitecture.of(config(weights="imagenet")), 3)
     assert asked == [(OFFICIAL_FILE, OFFICIAL_URL, {"cache_subdir": "models", "file_hash": OFFICIAL_MD5})]
     images = pixels()
     expected = values(source(images, training=False))
@@ -105,7 +105,7 @@ def test_the_model_takes_raw_pixels_and_ends_in_float32_logits(random_model):
 
     keras.config.set_dtype_policy("mixed_float16")
     try:
-        mixed = build_finetune_model(config(), 7)
+        mixed = build_finetune_model(FinetuneArchitecture.of(config()), 7)
     finally:
         keras.config.set_dtype_policy("float32")
     assert mixed.get_layer(BACKBONE).compute_dtype == "float16"
@@ -115,7 +115,7 @@ def test_the_model_takes_raw_pixels_and_ends_in_float32_logits(random_model):
 def test_a_local_keras_cv_preset_folder_brings_its_weights_and_scaling(tmp_path):
     source = keras_cv.models.EfficientNetV2Backbone(**V2S_ARGUMENTS, include_rescaling=True)
     save_to_preset(source, tmp_path / "preset")
-    model = build_finetune_model(config(weights=str(tmp_path / "preset")), 3)
+    model = build_finetune_model(FinetuneArchitecture.of(config(weights=str(tmp_path / "preset"))), 3)
     for mine, theirs in zip(model.get_layer(BACKBONE).weights, source.weights):
         np.testing.assert_array_equal(values(mine), values(theirs))
     assert model.get_layer(PREPROCESS).scale == pytest.approx(1 / 255)  # what include_rescaling=True means

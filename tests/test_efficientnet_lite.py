@@ -15,7 +15,7 @@ import sklearn
 from PIL import Image
 
 from inat_keras.cli import main
-from inat_keras.config import FinetuneConfig, build_config
+from inat_keras.config import EvaluateOptions, ExplainOptions, ExportOptions, FinetuneConfig, build_config
 from inat_keras.errors import WeightsError
 from inat_keras.models import efficientnet_lite
 from inat_keras.models.backbones import BACKBONE, BACKBONES
@@ -29,7 +29,7 @@ from inat_keras.models.efficientnet_lite import (
     load_weights,
     packaged_file,
 )
-from inat_keras.models.finetune import build_finetune_model
+from inat_keras.models.finetune import FinetuneArchitecture, build_finetune_model
 from inat_keras.models.torch_pickle import MAGIC, PROTOCOL, TorchFileError, read_state_dict
 from inat_keras.training.kinds import KINDS
 
@@ -225,7 +225,7 @@ def test_the_layout_has_the_units_fine_tuning_counts():
     assert layout.max_k("stage") == 9 and layout.max_k("block") == 16
     config = build_config(FinetuneConfig, {"backbone": "efficientnet_lite0", "unfreeze_unit": "stage", "k": 9,
                                            "image_size": 32, "weights": "none"})  # fmt: skip
-    model = build_finetune_model(config, 3)
+    model = build_finetune_model(FinetuneArchitecture.of(config), 3)
     assert model.get_layer(BACKBONE).count_params() == 4_694_024 - 1_281_000  # without the ImageNet classifier
 
 
@@ -275,7 +275,7 @@ def test_every_part_b_option_runs_on_lite0_and_its_checkpoint_serves(tmp_path):
     from inat_keras.serving.explain import explain_checkpoint
     from inat_keras.serving.export import export_checkpoint
     from inat_keras.serving.predict import predict_images
-    from inat_keras.training.checkpoints import evaluate_checkpoint
+    from inat_keras.serving.evaluate import evaluate_checkpoint
 
     data = write_image_folder(tmp_path / "data", {"train": 10, "val": 4})
     config = build_config(FinetuneConfig, {
@@ -294,13 +294,13 @@ def test_every_part_b_option_runs_on_lite0_and_its_checkpoint_serves(tmp_path):
 
     checkpoint = str(run_dir / "model.keras")
     image = str(next((data / "val" / "owl").iterdir()))
-    out, index = explain_checkpoint(checkpoint, [image], str(tmp_path / "explain"))
+    out, index = explain_checkpoint(ExplainOptions(checkpoint=checkpoint, images=[image], output_dir=str(tmp_path / "explain")))
     assert len(index["images"]) == 1 and (out / "explain.json").is_file()
     [(_, ranked)], unreadable = predict_images(checkpoint, [image], None, False)
     assert unreadable == [] and sorted(name for name, _ in ranked) == ["cat", "dog", "owl"]
-    _, again = evaluate_checkpoint(checkpoint, None, False, str(tmp_path / "eval"))
+    _, again = evaluate_checkpoint(EvaluateOptions(checkpoint=checkpoint, output_dir=str(tmp_path / "eval")))
     assert again["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
     formats = ["onnx", "saved_model"] + (["litert"] if keras.backend.backend() == "tensorflow" else [])
     for fmt in formats:  # each export is checked against Keras's logits by the exporter itself
-        folder, info = export_checkpoint(checkpoint, fmt, str(tmp_path / fmt))
+        folder, info = export_checkpoint(ExportOptions(checkpoint=checkpoint, format=fmt, output_dir=str(tmp_path / fmt)))
         assert info["check"]["max_abs_logit_difference"] < 1e-2 and (folder / info["model"]).exists(), fmt

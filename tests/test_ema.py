@@ -7,12 +7,10 @@ import dataclasses
 import keras
 import numpy as np
 
-from conftest import Interrupt
-from test_schedules import head_then_all
 from inat_keras.config import ScratchConfig, build_config
 from inat_keras.training.kinds import KINDS
 from inat_keras.training.optimizers import CarriedAdam
-from inat_keras.training.run_folder import read_checkpoint_record
+from inat_keras.outputs.run_folder import read_checkpoint_record
 
 MOMENTUM = 0.7
 
@@ -81,7 +79,7 @@ def test_validation_and_the_checkpoint_use_the_average(image_folder, tmp_path, t
     assert len(recorder.validated) == 2
 
 
-def test_a_carried_average_runs_through_stages_and_a_resume(image_folder, tmp_path, tiny_cnn_options):
+def test_a_carried_average_runs_through_stages_and_a_resume(image_folder, tmp_path, tiny_cnn_options, head_then_all, interrupt):
     """One CarriedAdam: each variable's average starts at its own first step (the conv layers' in the second
     stage); the run is killed inside the first stage and resumed; the checkpoint is the last epoch's average."""
     settings = run_config(image_folder, tmp_path / "run", tiny_cnn_options, epochs=3, val_fraction=0,
@@ -89,7 +87,7 @@ def test_a_carried_average_runs_through_stages_and_a_resume(image_folder, tmp_pa
     first, resumed = Recorder(), Recorder()
     with_stages = dataclasses.replace(KINDS["scratch"], plan_stages=head_then_all)
     try:
-        dataclasses.replace(with_stages, callbacks=lambda model: [first, Interrupt(1)]).train(settings)
+        dataclasses.replace(with_stages, callbacks=lambda model: [first, interrupt(1)]).train(settings)
     except KeyboardInterrupt:
         pass
     run_dir, _ = dataclasses.replace(with_stages, callbacks=lambda model: [resumed]).train(settings)

@@ -9,7 +9,6 @@ import keras
 import numpy as np
 import pytest
 import wandb
-from scipy import stats
 
 from conftest import CLASSES
 from inat_keras.analysis import errors
@@ -18,9 +17,10 @@ from inat_keras.data.pipeline import make_dataset
 from inat_keras.data.splits import Split, list_images
 from inat_keras.serving.compare import compare_runs
 from inat_keras.training import evaluation
-from inat_keras.training.checkpoints import evaluate_checkpoint
+from inat_keras.config import EvaluateOptions
+from inat_keras.serving.evaluate import evaluate_checkpoint
 from inat_keras.training.kinds import KINDS
-from inat_keras.training.tracking import predictions_table
+from inat_keras.outputs.tracking import predictions_table
 
 
 def test_expected_calibration_error_equals_a_hand_computed_value():
@@ -211,7 +211,7 @@ def test_a_final_run_and_evaluate_write_the_error_analysis(image_folder, tmp_pat
     assert 0.0 <= saved["expected_calibration_error"] <= 1.0
     assert 0.0 <= saved["tta_test_accuracy"] <= 1.0 and saved["tta_test_loss"] > 0
 
-    out, again = evaluate_checkpoint(str(run_dir / "model.keras"), None, False, str(tmp_path / "eval"))
+    out, again = evaluate_checkpoint(EvaluateOptions(checkpoint=str(run_dir / "model.keras"), output_dir=str(tmp_path / "eval")))
     assert "tta_test_accuracy" not in again  # off by default
     assert again["most_confused"] == saved["most_confused"]
     assert [r["predicted_class"] for r in read_csv(out / "predictions.csv")] == [r["predicted_class"] for r in rows]

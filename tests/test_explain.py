@@ -11,22 +11,20 @@ import pytest
 from PIL import Image
 from scipy.special import erf
 
-from conftest import tiny_cnn_values
 from inat_keras.analysis.explain import grad_cam, gradcam_layer, guided_backprop, guided_model, run, strongest_channels
 from inat_keras.cli import main
 from inat_keras.config import FinetuneConfig, ScratchConfig, build_config
 from inat_keras.errors import ConfigError
-from inat_keras.models.cnn import activation_layer, build_cnn
-from inat_keras.models.finetune import build_finetune_model
+from inat_keras.models.cnn import CnnArchitecture, activation_layer, build_cnn
+from inat_keras.models.finetune import FinetuneArchitecture, build_finetune_model
 from inat_keras.serving.explain import guided_layer
-from inat_keras.training.kinds import KINDS
 
 SIZE = 32
 
 
 def cnn(**values) -> keras.Model:
     options = {"image_size": SIZE, "filters": [4] * 5, "kernel_sizes": [1] * 5, "dense_units": 4, **values}
-    return build_cnn(build_config(ScratchConfig, options), 2)
+    return build_cnn(CnnArchitecture.of(build_config(ScratchConfig, options)), 2)
 
 
 def colour_detector() -> keras.Model:
@@ -75,7 +73,8 @@ def test_grad_cam_puts_its_mass_where_the_explained_class_is_drawn():
 
 @pytest.fixture(scope="module")
 def efficientnet():
-    return build_finetune_model(build_config(FinetuneConfig, {"image_size": SIZE, "weights": "none"}), 3)
+    keras.utils.set_random_seed(0)  # its random weights decide the maps
+    return build_finetune_model(FinetuneArchitecture.of(build_config(FinetuneConfig, {"image_size": SIZE, "weights": "none"})), 3)
 
 
 def test_grad_cam_of_efficientnet_reads_the_backbone_and_depends_on_the_class(efficientnet):
@@ -184,19 +183,8 @@ def test_guided_rule_passes_the_activations_own_slope_only_for_positive_inputs_a
         assert (np.abs(plain[negative]) > 1e-3).all()
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    from conftest import write_image_folder
-
-    root = tmp_path_factory.mktemp("explain")
-    data = write_image_folder(root / "data", {"train": 6, "val": 2})
-    config = build_config(ScratchConfig, {**tiny_cnn_values(), "epochs": 1, "data_dir": str(data), "output_dir": str(root / "run")})
-    run_dir, _ = KINDS["scratch"].train(config)
-    return run_dir, data
-
-
-def test_explain_command_writes_every_picture_and_skips_what_does_not_decode(trained, tmp_path, capsys):
-    run_dir, data = trained
+def test_explain_command_writes_every_picture_and_skips_what_does_not_decode(tiny_run, tmp_path, capsys):
+    run_dir, data, _ = tiny_run
     images = [str(sorted((data / "val" / name).iterdir())[0]) for name in ("cat", "owl")]
     broken = tmp_path / "broken.jpg"
     broken.write_text("not an image")

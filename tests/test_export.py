@@ -7,11 +7,10 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import CLASSES, tiny_cnn_values, write_image_folder
 from inat_keras.cli import main
 from inat_keras.config import FinetuneConfig, ScratchConfig, build_config
-from inat_keras.training.checkpoints import load_checkpoint
-from inat_keras.training.evaluation import load_images
+from inat_keras.inference.checkpoint import load_checkpoint
+from inat_keras.inference.checkpoint import load_images
 from inat_keras.training.kinds import KINDS
 
 BACKEND = keras.backend.backend()
@@ -26,13 +25,13 @@ def saved(model, folder):
 
 
 @pytest.fixture(scope="module")
-def cnn(tmp_path_factory):
+def cnn(tmp_path_factory, make_image_folder, make_tiny_cnn_options, class_names):
     """A tiny CNN with the project's own layers: device augmentation, batch norm, Mish, block max-pooling."""
     root = tmp_path_factory.mktemp("export")
-    data = write_image_folder(root / "data", {"train": 1, "val": 2})
+    data = make_image_folder(root / "data", {"train": 1, "val": 2})
     keras.utils.set_random_seed(1)
-    config = build_config(ScratchConfig, {**tiny_cnn_values(), "batch_norm": True, "activation": "mish", "augment_on": "device"})
-    model = KINDS["scratch"].build_model(config, len(CLASSES))
+    config = build_config(ScratchConfig, {**make_tiny_cnn_options(), "batch_norm": True, "activation": "mish", "augment_on": "device"})
+    model = KINDS["scratch"].build_model(config, len(class_names))
     assert model.layers[1].__class__.__name__ == "DeviceAugment"
     return saved(model, root), data
 
@@ -42,13 +41,19 @@ def colour_images(data, size=32):
     return load_images(paths, size, 3).astype("float32")
 
 
-def exported(checkpoint, data, fmt, out):
-    assert main(["export", "--checkpoint", str(checkpoint), "--format", fmt, "--output-dir", str(out), "--data-dir", str(data)]) == 0
-    assert (out / "labels.txt").read_text().splitlines() == list(CLASSES)
-    info = json.loads((out / "export.json").read_text())
-    assert info["class_names"] == list(CLASSES) and info["input"]["shape"][1:] == list(load_checkpoint(checkpoint).input_shape[1:])
-    assert not [p for p in out.parent.iterdir() if ".partial-" in p.name]
-    return out / info["model"]
+@pytest.fixture
+def exported(class_names):
+    """exported(checkpoint, data, fmt, out) -> the exported model's path, its labels and record checked."""
+
+    def export(checkpoint, data, fmt, out):
+        assert main(["export", "--checkpoint", str(checkpoint), "--format", fmt, "--output-dir", str(out), "--data-dir", str(data)]) == 0
+        assert (out / "labels.txt").read_text().splitlines() == list(class_names)
+        info = json.loads((out / "export.json").read_text())
+        assert info["class_names"] == list(class_names) and info["input"]["shape"][1:] == list(load_checkpoint(checkpoint).input_shape[1:])
+        assert not [p for p in out.parent.iterdir() if ".partial-" in p.name]
+        return out / info["model"]
+
+    return export
 
 
 def keras_logits(checkpoint, images):
@@ -57,7 +62,7 @@ def keras_logits(checkpoint, images):
     return logits
 
 
-def test_saved_model_export_matches_keras(cnn, tmp_path):
+def test_saved_model_export_matches_keras(cnn, tmp_path, exported):
     import tensorflow as tf
 
     checkpoint, data = cnn
@@ -67,7 +72,7 @@ def test_saved_model_export_matches_keras(cnn, tmp_path):
     np.testing.assert_allclose(loaded.serve(images).numpy(), keras_logits(checkpoint, images), rtol=RTOL, atol=ATOL)
 
 
-def test_onnx_export_matches_keras(cnn, tmp_path):
+def test_onnx_export_matches_keras(cnn, tmp_path, exported):
     import onnxruntime
 
     checkpoint, data = cnn
@@ -79,7 +84,7 @@ def test_onnx_export_matches_keras(cnn, tmp_path):
 
 
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="Keras converts to LiteRT under TensorFlow only")
-def test_litert_export_matches_keras(cnn, tmp_path):
+def test_litert_export_matches_keras(cnn, tmp_path, exported):
     from ai_edge_litert.interpreter import Interpreter
 
     checkpoint, data = cnn
@@ -128,13 +133,13 @@ def test_export_refuses_a_used_folder_and_leaves_nothing_when_it_fails(cnn, tmp_
 
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="cost: under JAX building and lowering EfficientNetV2-S takes minutes on "
                     "2 CPU cores; the CNN tests cover export under JAX")  # fmt: skip
-def test_a_fine_tuned_efficientnet_exports_as_a_saved_model(tmp_path):
+def test_a_fine_tuned_efficientnet_exports_as_a_saved_model(tmp_path, make_image_folder, class_names, exported):
     """The keras-cv backbone with the project's layers, at 32x32 with random weights."""
     import tensorflow as tf
 
-    data = write_image_folder(tmp_path / "data", {"train": 1, "val": 1})
+    data = make_image_folder(tmp_path / "data", {"train": 1, "val": 1})
     keras.utils.set_random_seed(2)
-    model = KINDS["finetune"].build_model(build_config(FinetuneConfig, {"image_size": 32, "weights": "none"}), len(CLASSES))
+    model = KINDS["finetune"].build_model(build_config(FinetuneConfig, {"image_size": 32, "weights": "none"}), len(class_names))
     checkpoint = saved(model, tmp_path)
     path = exported(checkpoint, data, "saved_model", tmp_path / "sm")
     images = colour_images(data)

@@ -14,20 +14,20 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from conftest import Interrupt, tiny_cnn_values, write_image_folder
+from conftest import Interrupt, tiny_cnn_values
 from inat_keras.cli import main
 from inat_keras.config import FinetuneConfig, ScratchConfig, build_config, load_config, shipped_config
 from inat_keras.data.augment import STUDY, Augment, AugmentSpec, device_augment
 from inat_keras.data.pipeline import make_dataset
 from inat_keras.data.splits import Split, load_splits
-from inat_keras.models.finetune import build_finetune_model
+from inat_keras.models.finetune import FinetuneArchitecture, build_finetune_model
 from inat_keras.models.strategies import plan_stages, unit_groups
 from inat_keras.sweeps.launch import run_sweep
 from inat_keras.training import callbacks
 from inat_keras.training.kinds import KINDS
 from inat_keras.training.loop import compile_model
 from inat_keras.training.optimizers import CarriedAdam
-from inat_keras.training.run_folder import read_checkpoint_record, read_history
+from inat_keras.outputs.run_folder import read_checkpoint_record, read_history
 
 SIZE = 32
 
@@ -60,7 +60,7 @@ def independent_unit_params() -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def model():
-    return build_finetune_model(finetune_config(), 10)
+    return build_finetune_model(FinetuneArchitecture.of(finetune_config()), 10)
 
 
 def test_stage_units_have_torchvisions_parameter_counts(model, independent_unit_params):
@@ -114,7 +114,7 @@ def weights_of(layer) -> dict[str, np.ndarray]:
 @pytest.mark.parametrize("mode", ["study", "frozen"])
 def test_batch_norm_modes_in_frozen_units(mode):
     settings = finetune_config(strategy="head", batch_norm_mode=mode, weights="imagenet")  # "pretrained"; none loaded
-    network = build_finetune_model(dataclasses.replace(settings, weights="none"), 3)
+    network = build_finetune_model(FinetuneArchitecture.of(dataclasses.replace(settings, weights="none")), 3)
     [stage] = plan_stages(network, settings)
     stage.apply(network)
     compile_model(network, settings)
@@ -195,9 +195,9 @@ def test_gradual_fine_tuning_carries_one_adam_through_fit(image_folder, tmp_path
 
 
 def test_the_cnn_normalises_like_the_study_and_drops_whole_channels():
-    from inat_keras.models.cnn import build_cnn
+    from inat_keras.models.cnn import CnnArchitecture, build_cnn
 
-    network = build_cnn(build_config(ScratchConfig, {**tiny_cnn_values(), "dropout": 0.5}), 3)
+    network = build_cnn(CnnArchitecture.of(build_config(ScratchConfig, {**tiny_cnn_values(), "dropout": 0.5})), 3)
     mean = np.array([0.485, 0.456, 0.406]) * 255
     normalised = keras.ops.convert_to_numpy(network.get_layer("normalise")(np.full((1, 2, 2, 3), mean, "float32")))
     np.testing.assert_allclose(normalised, 0, atol=1e-5)

@@ -8,7 +8,6 @@ import pytest
 import wandb
 import yaml
 
-from conftest import Interrupt, write_image_folder
 from inat_keras.config import ConfigError
 from inat_keras.files import write_json
 from inat_keras.sweeps import launch, local, online
@@ -16,26 +15,30 @@ from inat_keras.sweeps.hyperband import STOPPED_FILE, HyperbandStop, judge
 from inat_keras.sweeps.report import from_folder, write_report
 from inat_keras.sweeps.spec import load_plan
 from inat_keras.training.kinds import KINDS
-from inat_keras.training.run_folder import read_history, write_history
+from inat_keras.outputs.run_folder import read_history, write_history
 
-TINY = {"filters": [4] * 5, "kernel_sizes": [1] * 5, "image_size": 32, "dense_units": 8, "batch_size": 8, "epochs": 3,
-        "augment": False}  # fmt: skip
 RULE = {"type": "hyperband", "min_iter": 1, "eta": 3}  # judged once a trial has logged 2 epochs: the top third go on
 
 
-def sweep_file(tmp_path, parameters, method="grid", early_terminate=RULE):
-    spec = {"method": method, "metric": {"name": "val_accuracy", "goal": "maximize"},
-            "parameters": {**{k: {"value": v} for k, v in TINY.items()}, **parameters}}  # fmt: skip
-    if early_terminate:
-        spec["early_terminate"] = early_terminate
-    path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
+@pytest.fixture
+def constants(tiny_sweep_constants) -> dict:
+    """The tiny CNN, three epochs a trial: a trial the rule stops ends before its last epoch."""
+    return {**tiny_sweep_constants, "epochs": 3, "augment": False}
 
 
-def test_trials_that_cannot_learn_are_stopped_and_the_sweep_goes_on(tmp_path):
-    data = write_image_folder(tmp_path / "data", {"train": 16, "val": 2})  # 48 images, 12 of them validation
-    path = sweep_file(tmp_path, {"learning_rate": {"values": [0.03, 1e-9]}, "seed": {"values": [1, 2]}})
+@pytest.fixture
+def sweep_file(tmp_path, make_sweep_file, constants):
+    """sweep_file(parameters, early_terminate=RULE): a grid over `parameters` in tmp_path/sweep.yaml."""
+
+    def write(parameters, early_terminate=RULE):
+        return make_sweep_file(tmp_path, parameters, constants, method="grid", early_terminate=early_terminate)
+
+    return write
+
+
+def test_trials_that_cannot_learn_are_stopped_and_the_sweep_goes_on(tmp_path, make_image_folder, sweep_file):
+    data = make_image_folder(tmp_path / "data", {"train": 16, "val": 2})  # 48 images, 12 of them validation
+    path = sweep_file({"learning_rate": {"values": [0.03, 1e-9]}, "seed": {"values": [1, 2]}})
     _, out = launch.run_sweep(path, 3, {"data_dir": str(data)}, tmp_path / "sweep")
 
     trials = json.loads((out / "trials.json").read_text())["trials"]
@@ -95,15 +98,15 @@ def test_the_rule_sees_the_epochs_of_earlier_stages_and_of_a_resume(tmp_path):
     assert judge(spec, [0.3, 0.95], [[0.5, 0.9, 0.9], [0.4, 0.8, 0.8]])[0] is False  # among the top third
 
 
-def test_a_stopped_trial_killed_before_its_report_ends_at_its_stopped_epoch(tmp_path):
-    data = write_image_folder(tmp_path / "data", {"train": 6, "val": 2})
-    plan = load_plan(sweep_file(tmp_path, {"learning_rate": {"values": [0.01, 0.001]}}), {"data_dir": str(data)})
+def test_a_stopped_trial_killed_before_its_report_ends_at_its_stopped_epoch(tmp_path, make_image_folder, sweep_file, interrupt):
+    data = make_image_folder(tmp_path / "data", {"train": 6, "val": 2})
+    plan = load_plan(sweep_file({"learning_rate": {"values": [0.01, 0.001]}}), {"data_dir": str(data)})
     trial = {"name": "trial-001", "number": 1, "state": "running", "params": {"learning_rate": 0.01},
              "config": plan.trial_values({"learning_rate": 0.01})}  # fmt: skip
     run_dir = tmp_path / "sweep" / "trials" / "trial-001"
     with pytest.raises(KeyboardInterrupt):  # the rule stopped it after epoch 1, and the process died before its report
         KINDS["scratch"].train(plan.trial_config(trial["config"], run_dir, "disabled"), final=False,
-                               callbacks=[Interrupt(1)])  # fmt: skip
+                               callbacks=[interrupt(1)])  # fmt: skip
     write_json(run_dir / STOPPED_FILE, {"epoch": 1, "rule": ""})
     assert len(read_history(run_dir / "history.csv")) == 1 and not (run_dir / "metrics.json").exists()
     local.run_trial(plan, tmp_path / "sweep", trial, "disabled")
@@ -119,24 +122,17 @@ def test_a_stopped_trial_killed_before_its_report_ends_at_its_stopped_epoch(tmp_
         ({"type": "median", "min_iter": 1}, "early_terminate"),
     ],
 )
-def test_an_early_terminate_the_rule_cannot_apply_is_refused(tmp_path, rule, message):
+def test_an_early_terminate_the_rule_cannot_apply_is_refused(sweep_file, rule, message):
     with pytest.raises(ConfigError, match=message):
-        load_plan(sweep_file(tmp_path, {"learning_rate": {"values": [0.01, 0.001]}}, early_terminate=rule), {"demo": True})
-
-
-class FakeRun:
-    def __init__(self, config):
-        self.id, self.config, self.summary, self.sweep_id, self.exit_code = "run7", config, {}, "abc", None
-
-    def finish(self, exit_code=0):
-        self.exit_code = exit_code
+        load_plan(sweep_file({"learning_rate": {"values": [0.01, 0.001]}}, early_terminate=rule), {"demo": True})
 
 
 @pytest.mark.parametrize("raised, state", [(Exception(), "stopped"), (RuntimeError("disk full"), "failed")])
-def test_a_trial_that_wandb_stops_finishes_as_stopped_not_failed(tmp_path, monkeypatch, raised, state):
-    path = sweep_file(tmp_path, {"learning_rate": {"values": [0.01, 0.001]}})
+def test_a_trial_that_wandb_stops_finishes_as_stopped_not_failed(tmp_path, monkeypatch, sweep_file, constants, fake_wandb_run,
+                                                                raised, state):  # fmt: skip
+    path = sweep_file({"learning_rate": {"values": [0.01, 0.001]}})
     plan = load_plan(path, {"demo": True})
-    run = FakeRun({**TINY, "learning_rate": 0.01})
+    run = fake_wandb_run({**constants, "learning_rate": 0.01}, "run7")
     monkeypatch.setattr(wandb, "init", lambda **kwargs: run)
     monkeypatch.setattr(wandb, "run", run)
 

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from inat_keras.models.cnn import build_cnn
+from inat_keras.models.cnn import CnnArchitecture, build_cnn
 from inat_keras.config import ScratchConfig, build_config
 from inat_keras.models.layers import Activation, BlockMaxPooling2D, DepthwiseConv2D, mish
 
@@ -117,7 +117,7 @@ def test_under_jax_the_mish_layer_takes_one_exponential():
 
 def test_cnn_checkpoints_load_on_both_backends(tmp_path):
     config = build_config(ScratchConfig, {**tiny_cnn_values(), "activation": "mish", "batch_norm": True})
-    model = build_cnn(config, 3)
+    model = build_cnn(CnnArchitecture.of(config), 3)
     assert {type(layer) for layer in model.layers if layer.name.endswith("_pool")} == {BlockMaxPooling2D}
     assert {type(layer) for layer in model.layers if layer.name.endswith("_act")} == {Activation}
     path = tmp_path / "model.keras"

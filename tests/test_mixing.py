@@ -12,7 +12,7 @@ from inat_keras.data.mixing import TargetSpec, mix_batch
 from inat_keras.data.pipeline import make_dataset
 from inat_keras.data.splits import load_splits
 from inat_keras.training.kinds import KINDS
-from inat_keras.training.run_folder import read_history
+from inat_keras.outputs.run_folder import read_history
 from inat_keras.training.losses import loss_and_metrics
 
 CLASSES = 10

@@ -11,9 +11,8 @@ import keras
 import numpy as np
 import pytest
 
-from test_schedules import head_then_all
 from inat_keras.config import ConfigError, FinetuneConfig, ScratchConfig, build_config
-from inat_keras.models.finetune import build_finetune_model
+from inat_keras.models.finetune import FinetuneArchitecture, build_finetune_model
 from inat_keras.training.kinds import KINDS
 from inat_keras.training.layer_rates import layer_rate_factors
 from inat_keras.training.optimizers import CarriedAdam, make_optimizer
@@ -191,7 +190,7 @@ class FirstStepOfStage(keras.callbacks.Callback):
 
 
 @pytest.mark.parametrize("state", ["fresh", "carry"])
-def test_a_run_gives_its_rate_factors_to_each_stages_optimizer(state, image_folder, tmp_path, tiny_cnn_options):
+def test_a_run_gives_its_rate_factors_to_each_stages_optimizer(state, image_folder, tmp_path, tiny_cnn_options, head_then_all):
     """The conv layers join in the second stage at 1/8 of the rate: their first step (step 1 of their Adam
     state, fresh or carried) moves each at most rate / 8."""
     def factors(model, config):
@@ -211,7 +210,7 @@ def test_a_run_gives_its_rate_factors_to_each_stages_optimizer(state, image_fold
 def test_layer_rates_decay_from_the_top_unit_down():
     config = build_config(FinetuneConfig, {"image_size": 32, "weights": "none", "wandb": "disabled",
                                            "unfreeze_unit": "stage", "backbone_lr": 0.5, "layer_decay": 0.8})  # fmt: skip
-    model = build_finetune_model(config, 3)
+    model = build_finetune_model(FinetuneArchitecture.of(config), 3)
     factors = layer_rate_factors(model, config)
     # depth from the top, read from the weight's own path: top conv 0, stage 6 1, ..., stage 1 6, stem 7
     for variable in model.weights:

@@ -10,23 +10,25 @@ from pathlib import Path
 
 import pytest
 
-from conftest import tensorflow_only
 from inat_keras.config import ConfigError, shipped_config
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "inat_keras"
 # Which folders a folder may import from: the pipeline's order, data before models before training.
+LOW = {"data", "models", "analysis", "outputs"}
 ALLOWED = {
     "data": {"data"},
     "models": {"models"},
     "analysis": {"analysis"},
-    "training": {"training", "data", "models", "analysis"},
-    "sweeps": {"sweeps", "training", "data", "models", "analysis"},
-    "perf": {"perf", "training", "data", "models", "analysis"},
-    "serving": {"serving", "training", "data", "models", "analysis"},
-    "study": {"study", "serving", "sweeps", "training", "data", "models", "analysis"},
+    "outputs": {"outputs"},
+    "inference": {"inference"} | LOW,
+    "training": {"training", "inference"} | LOW,
+    "sweeps": {"sweeps", "training", "inference"} | LOW,
+    "perf": {"perf", "training", "inference"} | LOW,
+    "serving": {"serving", "inference"} | LOW,
+    "study": {"study", "serving", "sweeps", "training", "inference"} | LOW,
 }
-TOP = {"config", "errors", "files", "locks"}  # the light modules at the top that every folder may use
+TOP = {"config", "errors", "files", "locks", "keras_compat"}  # the modules at the top that every folder may use
 THIRD_PARTY = "import keras, keras_cv, tensorflow, jax, wandb, sweeps, sklearn, matplotlib, scipy, requests, PIL"
 
 
@@ -68,6 +70,48 @@ def module_imports(path: Path) -> set[str]:
     return found
 
 
+def module_graph() -> dict[str, set[str]]:
+    """Each module of the package and the package modules it imports, at any depth of its code (a function's
+    import too: a loop held together by a lazy import is still a loop)."""
+    graph = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = list(path.relative_to(ROOT).with_suffix("").parts)
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        package = parts[:-1]
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = package[: len(package) - node.level + 1] if node.level else []
+                module = ".".join(base + ([node.module] if node.module else []))
+                for alias in node.names:  # `from . import x` may name a module
+                    targets.add(f"{module}.{alias.name}")
+                targets.add(module)
+            elif isinstance(node, ast.Import):
+                targets |= {alias.name for alias in node.names}
+        graph[name] = targets
+    return {name: {t for t in targets if t in graph and t != name} for name, targets in graph.items()}
+
+
+def test_no_module_imports_itself_round_about():
+    graph, cycles = module_graph(), []
+
+    def visit(name, trail):
+        for target in sorted(graph[name]):
+            if target in trail:
+                cycles.append(trail[trail.index(target):] + [target])
+            elif target not in done:
+                visit(target, trail + [target])
+        done.add(name)
+
+    done: set[str] = set()
+    for name in sorted(graph):
+        if name not in done:
+            visit(name, [name])
+    packages = {name for name in graph if (PACKAGE.parent / name.replace(".", "/") / "__init__.py").exists()}
+    real = [c for c in cycles if not set(c) & packages]  # a package and the modules it re-exports are not a loop
+    assert not real, real
+
+
 def test_imports_run_one_way():
     wrong = []
     for path in sorted(PACKAGE.rglob("*.py")):
@@ -77,7 +121,8 @@ def test_imports_run_one_way():
         for target in module_imports(path) - TOP - ALLOWED[folder]:
             wrong.append(f"{path.relative_to(ROOT)} imports inat_keras.{target}")
     assert not wrong, wrong
-    assert module_imports(PACKAGE / "config.py") <= {"errors", "files", "models"}  # models: backbones, plain data
+    for path in (PACKAGE / "config").glob("*.py"):  # light: the command line reads configs before TensorFlow loads
+        assert module_imports(path) <= {"config", "errors", "files", "models"}, path  # models: backbones, plain data
     layouts = ast.parse((PACKAGE / "models" / "backbones.py").read_text())
     imported = {node.module for node in ast.walk(layouts) if isinstance(node, ast.ImportFrom)}
     assert imported == {"dataclasses"} and not any(isinstance(node, ast.Import) for node in ast.walk(layouts))
@@ -97,7 +142,8 @@ def test_a_missing_shipped_config_is_an_error_naming_it():
         shipped_config("nowhere.yaml")
 
 
-@tensorflow_only
+@pytest.mark.large
+@pytest.mark.tensorflow_only
 def test_a_wheel_installed_outside_the_checkout_runs_with_its_shipped_configs(tmp_path):
     """Non-editable install into a fresh virtual environment (its dependencies seen through a .pth file)."""
     wheels = tmp_path / "wheels"

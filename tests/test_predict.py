@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import CLASSES, tiny_cnn_values, write_image_folder
 from inat_keras.cli import main
 from inat_keras.config import ScratchConfig, build_config
 from inat_keras.data.decode import BACKGROUND, EXIF_ORIENTATION
@@ -17,13 +16,13 @@ from inat_keras.training.kinds import KINDS
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
+def checkpoint(tmp_path_factory, make_image_folder, make_tiny_cnn_options, class_names):
     """A CNN that sees where colours are: at 64 px its last block keeps a 2x2 map, so a quarter turn changes its output."""
     root = tmp_path_factory.mktemp("predict")
-    data = write_image_folder(root / "data", {"train": 1, "val": 1})
+    data = make_image_folder(root / "data", {"train": 1, "val": 1})
     keras.utils.set_random_seed(3)
-    config = build_config(ScratchConfig, {**tiny_cnn_values(), "image_size": 64, "batch_norm": True, "activation": "mish"})
-    model = KINDS["scratch"].build_model(config, len(CLASSES))
+    config = build_config(ScratchConfig, {**make_tiny_cnn_options(), "image_size": 64, "batch_norm": True, "activation": "mish"})
+    model = KINDS["scratch"].build_model(config, len(class_names))
     path = root / "run" / "model.keras"
     path.parent.mkdir()
     model.save(path)
@@ -68,7 +67,7 @@ def write_photos(root):
     return root / "photos", root / "reference"
 
 
-def test_predict_a_folder_to_csv(checkpoint, tmp_path, monkeypatch, capsys):
+def test_predict_a_folder_to_csv(checkpoint, tmp_path, monkeypatch, capsys, class_names):
     model_path, data = checkpoint
     photos, reference = write_photos(tmp_path)
     monkeypatch.setattr(predict, "HEADER_CHUNK", 2)  # several header chunks, errors on their edges
@@ -87,7 +86,7 @@ def test_predict_a_folder_to_csv(checkpoint, tmp_path, monkeypatch, capsys):
     for row in (r for r in rows if not r["error"]):
         probs = [float(row["prob_1"]), float(row["prob_2"])]
         assert probs[0] >= probs[1] > 0 and sum(probs) <= 1 + 1e-6
-        assert row["class_1"] in CLASSES and row["class_2"] in CLASSES and row["class_1"] != row["class_2"]
+        assert row["class_1"] in class_names and row["class_2"] in class_names and row["class_1"] != row["class_2"]
     assert f"warning: cannot read {photos / 'b' / 'broken.jpg'}:" in captured.err
     assert "2 of 5 file(s) could not be read" in captured.err and "left out 2 hidden or non-image" in captured.err
     assert "3 image(s) predicted" in captured.out
@@ -95,27 +94,27 @@ def test_predict_a_folder_to_csv(checkpoint, tmp_path, monkeypatch, capsys):
 
 
 
-def test_an_exif_rotated_photo_is_predicted_upright(checkpoint, tmp_path):
+def test_an_exif_rotated_photo_is_predicted_upright(checkpoint, tmp_path, class_names):
     model_path, data = checkpoint
     photos, reference = write_photos(tmp_path)
     paths = [photos / "a" / "rotated.jpg", reference / "upright.jpg", reference / "no_exif.jpg", reference / "missing.jpg"]
-    readable, unreadable = predict.predict_images(model_path, [str(p) for p in paths], str(data), False, k=len(CLASSES))
+    readable, unreadable = predict.predict_images(model_path, [str(p) for p in paths], str(data), False, k=len(class_names))
     assert unreadable == [(str(reference / "missing.jpg"), "no such file or folder")]  # listed, not fatal
     rotated, upright, as_stored = (dict(ranked) for _, ranked in readable)
 
     def distance(a, b):
-        return max(abs(a[c] - b[c]) for c in CLASSES)
+        return max(abs(a[c] - b[c]) for c in class_names)
 
     # the same as the upright photo, and far from what the pixels give as they are stored
     assert distance(rotated, upright) < 1e-4 and distance(as_stored, upright) > 1e-3
 
-def test_rgba_is_composited_over_the_background(checkpoint, tmp_path):
+def test_rgba_is_composited_over_the_background(checkpoint, tmp_path, class_names):
     model_path, data = checkpoint
     photos, reference = write_photos(tmp_path)
     paths = [str(photos / "b" / "nested" / "deeper" / "cutout.png"), str(reference / "composite.png"),
              str(reference / "hidden_colours.png")]  # fmt: skip
-    readable, unreadable = predict.predict_images(str(model_path), paths, str(data), False, k=len(CLASSES))
+    readable, unreadable = predict.predict_images(str(model_path), paths, str(data), False, k=len(class_names))
     assert not unreadable
     cutout, composite, hidden = (dict(ranked) for _, ranked in readable)
-    assert max(abs(cutout[c] - composite[c]) for c in CLASSES) < 1e-5
-    assert max(abs(cutout[c] - hidden[c]) for c in CLASSES) > 1e-4
+    assert max(abs(cutout[c] - composite[c]) for c in class_names) < 1e-5
+    assert max(abs(cutout[c] - hidden[c]) for c in class_names) > 1e-4

@@ -12,7 +12,7 @@ from inat_keras.data.augment import Augment, AugmentSpec, DeviceAugment, augment
 from inat_keras.data.randaugment import OPERATIONS, colour, equalize, geometric
 from inat_keras.errors import ConfigError
 from inat_keras.training.kinds import KINDS
-from inat_keras.training.run_folder import read_history
+from inat_keras.outputs.run_folder import read_history
 
 SPEC = AugmentSpec(randaugment_ops=2, randaugment_magnitude=9)
 

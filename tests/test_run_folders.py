@@ -6,31 +6,30 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import Interrupt, tensorflow_only, tiny_cnn_values
 from inat_keras.config import ScratchConfig, build_config
 from inat_keras.errors import ConfigError
 from inat_keras.locks import LOCK, folder_lock
 from inat_keras.sweeps.launch import run_sweep
-from inat_keras.training import loop, tracking
+from inat_keras.outputs import tracking
+from inat_keras.training import loop
 from inat_keras.training.kinds import KINDS
-from inat_keras.training.run_folder import read_history
+from inat_keras.outputs.run_folder import read_history
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def config_for(folder, out, **extra) -> ScratchConfig:
-    return build_config(ScratchConfig, {**tiny_cnn_values(), "data_dir": str(folder), "output_dir": str(out), **extra})
+@pytest.fixture
+def config_for(tiny_cnn_options):
+    """config_for(folder, out, **changes): the tiny CNN's run on `folder` into `out`."""
 
+    def make(folder, out, **extra) -> ScratchConfig:
+        return build_config(ScratchConfig, {**tiny_cnn_options, "data_dir": str(folder), "output_dir": str(out), **extra})
 
-def command(folder, out, epochs) -> list[str]:
-    return [sys.executable, "-m", "inat_keras", "scratch", "--data-dir", str(folder), "--output-dir", str(out),
-            "--image-size", "32", "--filters", "4,4,4,4,4", "--kernel-sizes", "1,1,1,1,1", "--dense-units", "8",
-            "--batch-size", "2", "--epochs", str(epochs), "--wandb", "disabled"]  # fmt: skip
+    return make
 
 
 # `python -m inat_keras` itself, held at the start of its second epoch until the test releases it: the first
@@ -63,11 +62,12 @@ runpy.run_module("inat_keras", run_name="__main__", alter_sys=True)
 """
 
 
-@tensorflow_only
-def test_two_processes_on_one_folder_one_trains_the_other_is_refused(image_folder, tmp_path):
+@pytest.mark.tensorflow_only
+def test_two_processes_on_one_folder_one_trains_the_other_is_refused(image_folder, tmp_path, tiny_cnn_flags):
     out, release = tmp_path / "run", tmp_path / "release"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    arguments = command(image_folder, out, 3)[3:]  # after `python -m inat_keras`
+    arguments = ["scratch", "--data-dir", str(image_folder), "--output-dir", str(out),
+                 *tiny_cnn_flags(batch_size=2, epochs=3, learning_rate=None)]  # after `python -m inat_keras`
     first = subprocess.Popen([sys.executable, "-c", HELD_AT_EPOCH_2, str(release), *arguments], env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
@@ -94,7 +94,7 @@ def dead_pid() -> int:
     return child.pid
 
 
-def test_a_stale_lock_is_taken_over_and_a_foreign_one_refused(image_folder, tmp_path, caplog):
+def test_a_stale_lock_is_taken_over_and_a_foreign_one_refused(image_folder, tmp_path, caplog, config_for):
     out = tmp_path / "run"
     out.mkdir()
     (out / LOCK).write_text(json.dumps({"pid": dead_pid(), "host": socket.gethostname(), "since": "earlier"}))
@@ -108,19 +108,17 @@ def test_a_stale_lock_is_taken_over_and_a_foreign_one_refused(image_folder, tmp_
     assert not (other / "split.json").exists()
 
 
-def test_a_sweep_folder_is_locked_too(image_folder, tmp_path):
-    sweep = tmp_path / "sweep.yaml"
-    sweep.write_text(json.dumps({"method": "random", "metric": {"name": "val_accuracy", "goal": "maximize"},
-                                 "parameters": {"dense_units": {"values": [8, 16]}}}))  # fmt: skip
+def test_a_sweep_folder_is_locked_too(image_folder, tmp_path, make_sweep_file):
+    sweep = make_sweep_file(tmp_path, {"dense_units": {"values": [8, 16]}}, constants={}, method="random")
     with folder_lock(tmp_path / "out", "sweep"):
         with pytest.raises(ConfigError, match="in use by another sweep"):
             run_sweep(sweep, 1, {"data_dir": str(image_folder)}, tmp_path / "out")
 
 
-def test_a_run_killed_before_its_first_epoch_ended_runs_again(image_folder, tmp_path):
+def test_a_run_killed_before_its_first_epoch_ended_runs_again(image_folder, tmp_path, config_for, interrupt):
     out = tmp_path / "run"
     config = config_for(image_folder, out, epochs=2)
-    interrupted = dataclasses.replace(KINDS["scratch"], callbacks=lambda model: [Interrupt(at_epoch=0)])
+    interrupted = dataclasses.replace(KINDS["scratch"], callbacks=lambda model: [interrupt(at_epoch=0)])
     with pytest.raises(KeyboardInterrupt):
         interrupted.train(config)
     assert (out / "split.json").exists() and (out / "config.yaml").exists() and not (out / "backup").exists()
@@ -128,7 +126,7 @@ def test_a_run_killed_before_its_first_epoch_ended_runs_again(image_folder, tmp_
     assert metrics["epochs_run"] == 2 and [int(r["epoch"]) for r in read_history(out / "history.csv")] == [1, 2]
 
 
-def test_a_wandb_error_or_missing_weights_leaves_a_folder_the_same_command_reuses(image_folder, tmp_path, monkeypatch):
+def test_a_wandb_error_or_missing_weights_leaves_a_folder_the_same_command_reuses(image_folder, tmp_path, monkeypatch, config_for):
     out = tmp_path / "run"
     config = config_for(image_folder, out, epochs=1)
     real_start = tracking.start_run
@@ -143,7 +141,8 @@ def test_a_wandb_error_or_missing_weights_leaves_a_folder_the_same_command_reuse
     assert metrics["epochs_run"] == 1
 
 
-def test_a_run_resumed_after_its_last_epoch_writes_valid_json_with_every_processes_timings(image_folder, tmp_path, monkeypatch):
+def test_a_run_resumed_after_its_last_epoch_writes_valid_json_with_every_processes_timings(image_folder, tmp_path, monkeypatch,
+                                                                                           config_for):
     out = tmp_path / "run"
     config = config_for(image_folder, out, epochs=2)
     real = loop.evaluate_model

@@ -10,11 +10,9 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import Interrupt
 from inat_keras.config import ConfigError, ScratchConfig, build_config
-from inat_keras.models.strategies import Stage
 from inat_keras.training.kinds import KINDS
-from inat_keras.training.run_folder import read_history
+from inat_keras.outputs.run_folder import read_history
 from inat_keras.training.schedules import RunSchedule, last_rate
 
 
@@ -95,31 +93,17 @@ SCHEDULE = {"lr_schedule": "cosine", "schedule_unit": "step", "warmup_epochs": 0
             "learning_rate": 0.01}  # fmt: skip
 
 
-def head_then_all(model, config):
-    """Two stages as gradual unfreezing makes them (a recompile between): the dense layers for epochs 1-2, then all."""
-
-    def head_only(model):
-        for layer in model.layers:
-            layer.trainable = isinstance(layer, keras.layers.Dense)
-
-    def everything(model):
-        for layer in model.layers:
-            layer.trainable = True
-
-    return [Stage(0, 2, head_only, "head"), Stage(2, config.epochs, everything, "full")]
-
-
-def train(settings, *extra):
-    kind = dataclasses.replace(KINDS["scratch"], plan_stages=head_then_all, callbacks=lambda model: list(extra))
-    return kind.train(settings)
-
-
-def test_the_schedule_runs_through_stages_and_a_resume(image_folder, tmp_path, tiny_cnn_options):
-    """30 images in batches of 8: 4 steps an epoch, 3 epochs in two stages."""
+def test_the_schedule_runs_through_stages_and_a_resume(image_folder, tmp_path, tiny_cnn_options, head_then_all, interrupt):
+    """30 images in batches of 8: 4 steps an epoch, 3 epochs in two stages (head_then_all: a recompile between,
+    as gradual unfreezing makes them)."""
     per_epoch, epochs = 4, 3
     schedule = RunSchedule(0.01, "cosine", epochs, per_epoch, 0.5, 0.1, "step")  # SCHEDULE
     total, warmup = schedule.positions()
     expected = [reference("cosine", p, total, warmup, 0.01, 0.1) for p in range(total)]
+
+    def train(config, *extra):
+        kind = dataclasses.replace(KINDS["scratch"], plan_stages=head_then_all, callbacks=lambda model: list(extra))
+        return kind.train(config)
 
     def settings(out, state):
         return build_config(ScratchConfig, {**tiny_cnn_options, **SCHEDULE, "epochs": epochs, "val_fraction": 0,
@@ -135,7 +119,7 @@ def test_the_schedule_runs_through_stages_and_a_resume(image_folder, tmp_path, t
     # second stage's new Adam starts its schedule at the stage's first step
     first = StepRates()
     with pytest.raises(KeyboardInterrupt):
-        train(settings(tmp_path / "b", "fresh"), first, Interrupt(1))
+        train(settings(tmp_path / "b", "fresh"), first, interrupt(1))
     resumed = StepRates()
     run_dir, _ = train(settings(tmp_path / "b", "fresh"), resumed)
     np.testing.assert_allclose(first.rates + resumed.rates, expected, rtol=1e-5)

@@ -14,18 +14,18 @@ import numpy as np
 import pytest
 
 from conftest import Interrupt
-from inat_keras.training import tracking
-from inat_keras.training.run_folder import read_history
+from inat_keras.outputs import tracking
+from inat_keras.outputs.run_folder import read_history
 from inat_keras.cli import main
 from inat_keras.config import ConfigError, FinetuneConfig, build_config
 from inat_keras.models.backbones import BACKBONES
-from inat_keras.models.finetune import build_finetune_model
+from inat_keras.models.finetune import FinetuneArchitecture, build_finetune_model
 from inat_keras.serving.predict import predict_images
-from inat_keras.training.checkpoints import evaluate_checkpoint
+from inat_keras.config import EvaluateOptions
+from inat_keras.serving.evaluate import evaluate_checkpoint
 from inat_keras.models.strategies import (
     layer_groups,
     plan_stages,
-    schedule_metrics,
     stage_logger,
     trainable_counts,
     unit_groups,
@@ -77,12 +77,12 @@ def changed(before: dict, after: dict) -> set[str]:
 
 @pytest.fixture(scope="module")
 def model():
-    return build_finetune_model(config(), 3)
+    return build_finetune_model(FinetuneArchitecture.of(config()), 3)
 
 
 @pytest.fixture(scope="module")
 def lite():
-    return build_finetune_model(config(backbone="efficientnet_lite0"), 3)
+    return build_finetune_model(FinetuneArchitecture.of(config(backbone="efficientnet_lite0")), 3)
 
 
 def test_every_lite0_weight_is_in_exactly_one_group_and_stages_gather_their_blocks(lite):
@@ -298,7 +298,7 @@ def test_gradual_unfreezing_grows_on_schedule_and_continues_across_stages(
     assert [e["epoch/epoch"] for e in epochs] == [1, 2, 3]
     assert [e["epoch/trainable_blocks"] for e in epochs] == [0, 1, 2]
 
-    out, again = evaluate_checkpoint(str(run_dir / "model.keras"), None, False, str(tmp_path / "eval"))
+    out, again = evaluate_checkpoint(EvaluateOptions(checkpoint=str(run_dir / "model.keras"), output_dir=str(tmp_path / "eval")))
     assert again["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
     owl = str(image_folder / "val" / "owl" / "owl_000.jpg")
     [(_, ranked)], unreadable = predict_images(str(run_dir / "model.keras"), [owl], None, False)

@@ -11,7 +11,6 @@ import keras
 import pytest
 import yaml
 
-from conftest import tiny_cnn_values, write_image_folder
 from inat_keras.cli import main
 from inat_keras.errors import ConfigError
 from inat_keras.config import STRATEGIES, StudyConfig, load_config, read_yaml, shipped_config
@@ -33,28 +32,19 @@ def tiny_finetune_model(config, num_classes: int) -> keras.Model:
     return keras.Model(inputs, keras.layers.Dense(num_classes)(x))
 
 
-def tiny_sweep(path: Path) -> Path:
-    """Two trials' worth of the study's sweep format, with the conftest CNN that trains in a second."""
-    constants = {k: v for k, v in tiny_cnn_values().items() if k not in ("wandb", "learning_rate", "epochs")}
-    spec = {
-        "method": "bayes",
-        "metric": {"name": "val_accuracy", "goal": "maximize"},
-        "parameters": {**{k: {"value": v} for k, v in constants.items()}, "learning_rate": {"values": [0.01, 0.003]}},
-    }
-    path.write_text(yaml.safe_dump(spec))
-    return path
-
-
 def metrics_times(study_dir: Path) -> dict[str, int]:
     return {str(p.relative_to(study_dir)): p.stat().st_mtime_ns for p in study_dir.rglob("metrics.json")}
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory):
+def study(tmp_path_factory, make_image_folder, make_tiny_cnn_options, make_sweep_file):
     """One smallest study (2 trials, 32x32, 1 epoch each), then the same command again."""
     root = tmp_path_factory.mktemp("study")
-    data = write_image_folder(root / "data", {"train": 10, "val": 4})
-    settings = StudyConfig(data_dir=str(data), output_dir=str(root / "study"), trials=2, sweep=str(tiny_sweep(root / "sweep.yaml")),
+    data = make_image_folder(root / "data", {"train": 10, "val": 4})
+    # two trials' worth of the study's sweep format, with the tiny CNN that trains in a second
+    constants = {k: v for k, v in make_tiny_cnn_options().items() if k not in ("wandb", "learning_rate", "epochs")}
+    sweep = make_sweep_file(root, {"learning_rate": {"values": [0.01, 0.003]}}, constants)
+    settings = StudyConfig(data_dir=str(data), output_dir=str(root / "study"), trials=2, sweep=str(sweep),
                            trial_epochs=1, scratch_epochs=1, finetune_epochs=1, finetune_image_size=32, weights="none",
                            wandb="disabled")  # fmt: skip
     tiny = dataclasses.replace(KINDS["finetune"], build_model=tiny_finetune_model, plan_stages=one_stage,

@@ -11,8 +11,8 @@ from PIL import Image
 
 from inat_keras.sweeps import launch, local
 from inat_keras.sweeps.spec import load_plan
-from inat_keras.training import run_folder, tracking
-from inat_keras.training.run_folder import read_history
+from inat_keras.outputs import run_folder, tracking
+from inat_keras.outputs.run_folder import read_history
 from inat_keras.cli import main
 from inat_keras.config import PLACE_OPTIONS, ConfigError, ScratchConfig, load_config, shipped_config
 from inat_keras.training.kinds import KINDS, Kind
@@ -30,21 +30,6 @@ STUDY_SPACE = {
     "dense_units": [2048, 1024, 512],
     "batch_size": [8, 16, 32],
 }
-TINY = {"filters": [4] * 5, "kernel_sizes": [1] * 5, "image_size": 32, "dense_units": 8, "batch_size": 8, "epochs": 1}
-
-
-def sweep_file(tmp_path, parameters, constants=TINY, method="bayes", name="sweep.yaml", **extra) -> Path:
-    spec = {
-        "method": method,
-        "metric": {"name": "val_accuracy", "goal": "maximize"},
-        "parameters": {**{k: {"value": v} for k, v in constants.items()}, **parameters},
-        **extra,
-    }
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump(spec))
-    return path
-
-
 def with_training(kind: Kind, train) -> Kind:
     """The kind with its training replaced by a test double."""
 
@@ -104,12 +89,12 @@ def test_shipped_sweep_files_are_valid_and_cover_the_study_space(caplog):
     assert {"strategy", "learning_rate", "batch_size"} <= set(finetune.sweep["parameters"])
 
 
-def test_offline_sweep_of_three_trials_writes_trials_best_config_and_plots(tmp_path, monkeypatch, capsys):
+def test_offline_sweep_of_three_trials_writes_trials_best_config_and_plots(tmp_path, monkeypatch, capsys, make_sweep_file):
     wandb.init(mode="disabled").finish()  # W&B set up before the sweep: the group must not depend on its env
     runs = capture_runs(monkeypatch)
     constants = {"filters": [8] * 5, "kernel_sizes": [3, 3, 3, 1, 1], "image_size": 48, "augment": False}
-    path = sweep_file(tmp_path, {"dense_units": {"values": [16, 32]}, "learning_rate": {"values": [0.01, 0.003, 0.001]},
-                                 "activation": {"values": ["relu", "gelu"]}}, constants)
+    path = make_sweep_file(tmp_path, {"dense_units": {"values": [16, 32]}, "learning_rate": {"values": [0.01, 0.003, 0.001]},
+                                      "activation": {"values": ["relu", "gelu"]}}, constants)
     out = tmp_path / "sweep"
     assert main(["sweep", str(path), "--count", "3", "--demo", "--epochs", "1", "--output-dir", str(out)]) == 0
 
@@ -151,9 +136,9 @@ def test_offline_sweep_of_three_trials_writes_trials_best_config_and_plots(tmp_p
         (out / "best_config.yaml").read_text().splitlines()[2:]
 
 
-def test_a_killed_sweep_resumes_without_losing_or_repeating_trials(image_folder, tmp_path, monkeypatch):
+def test_a_killed_sweep_resumes_without_losing_or_repeating_trials(image_folder, tmp_path, monkeypatch, make_sweep_file):
     space = {"learning_rate": {"values": [0.03, 0.01, 0.003]}, "activation": {"values": ["relu", "gelu"]}}
-    path = sweep_file(tmp_path, space)
+    path = make_sweep_file(tmp_path, space)
     out = tmp_path / "sweep"
     options = {"data_dir": str(image_folder)}
 
@@ -197,9 +182,9 @@ def test_a_killed_sweep_resumes_without_losing_or_repeating_trials(image_folder,
     assert len(seen) == 1 and seen[0] == [trials[0]]
 
 
-def test_failing_trials_are_recorded_and_the_sweep_goes_on(image_folder, tmp_path, monkeypatch, caplog):
+def test_failing_trials_are_recorded_and_the_sweep_goes_on(image_folder, tmp_path, monkeypatch, caplog, make_sweep_file):
     space = {"dense_units": {"values": [8, 16, 24]}, "kernel_sizes": {"values": [[1] * 5, "constant3"]}}
-    path = sweep_file(tmp_path, space, method="grid")
+    path = make_sweep_file(tmp_path, space, method="grid")
 
     def diverge(name, config):
         if name == "trial-001":
@@ -237,9 +222,7 @@ def test_bayes_proposes_from_the_metrics_it_is_given():
     assert rising > 0.6 and falling < 0.3
 
 
-def test_training_logs_the_sweep_metric_under_its_exact_name(image_folder, tmp_path, monkeypatch):
-    from conftest import tiny_cnn_values
-
+def test_training_logs_the_sweep_metric_under_its_exact_name(image_folder, tmp_path, monkeypatch, tiny_cnn_options):
     logged, runs, start_run = set(), [], tracking.start_run
 
     def start_and_listen(*args, **kwargs):  # wandb.init rebinds wandb.log, so listen after it
@@ -249,7 +232,7 @@ def test_training_logs_the_sweep_metric_under_its_exact_name(image_folder, tmp_p
         return runs[-1]
 
     monkeypatch.setattr(tracking, "start_run", start_and_listen)
-    config = load_config(ScratchConfig, None, {**tiny_cnn_values(), "epochs": 3, "data_dir": str(image_folder),
+    config = load_config(ScratchConfig, None, {**tiny_cnn_options, "epochs": 3, "data_dir": str(image_folder),
                                                "output_dir": str(tmp_path / "run")})
     run_dir, _ = KINDS["scratch"].train(config)
 
@@ -314,33 +297,33 @@ def test_invalid_sweep_files_are_refused_naming_the_key(tmp_path, change, key):
         load_plan(path, {"demo": True})
 
 
-def test_a_refused_file_starts_nothing(tmp_path, capsys):
-    path = sweep_file(tmp_path, {"activation": {"values": ["relu", "swish"]}})
+def test_a_refused_file_starts_nothing(tmp_path, capsys, make_sweep_file):
+    path = make_sweep_file(tmp_path, {"activation": {"values": ["relu", "swish"]}})
     assert main(["sweep", str(path), "--count", "2", "--demo", "--output-dir", str(tmp_path / "out")]) == 2
     assert "parameters.activation" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 
-def test_a_space_where_no_model_fits_is_refused(tmp_path):
-    path = sweep_file(tmp_path, {"kernel_sizes": {"values": ["constant3", "decreasing"]}})  # 32-pixel images
+def test_a_space_where_no_model_fits_is_refused(tmp_path, make_sweep_file):
+    path = make_sweep_file(tmp_path, {"kernel_sizes": {"values": ["constant3", "decreasing"]}})  # 32-pixel images
     with pytest.raises(ConfigError, match="no combination.*image size 32 is too small"):
         load_plan(path, {"demo": True})
     assert load_plan(path, {"demo": True, "image_size": 94}).base["image_size"] == 94
 
 
-def test_command_line_options_may_not_override_a_swept_parameter(tmp_path):
-    path = sweep_file(tmp_path, {"epochs": {"values": [1, 2]}}, {k: v for k, v in TINY.items() if k != "epochs"})
+def test_command_line_options_may_not_override_a_swept_parameter(tmp_path, make_sweep_file, tiny_sweep_constants):
+    path = make_sweep_file(tmp_path, {"epochs": {"values": [1, 2]}}, {k: v for k, v in tiny_sweep_constants.items() if k != "epochs"})
     with pytest.raises(ConfigError, match="parameters.epochs is swept"):
         load_plan(path, {"demo": True, "epochs": 1})
 
 
-def test_a_folder_of_another_sweep_is_not_resumed(image_folder, tmp_path, monkeypatch):
+def test_a_folder_of_another_sweep_is_not_resumed(image_folder, tmp_path, monkeypatch, make_sweep_file):
     def refuse(config):
         raise ConfigError("not trained here")
 
     monkeypatch.setitem(KINDS, "scratch", with_training(KINDS["scratch"], refuse))
     out = tmp_path / "sweep"
-    first = sweep_file(tmp_path, {"learning_rate": {"values": [0.01, 0.003]}}, method="grid")
+    first = make_sweep_file(tmp_path, {"learning_rate": {"values": [0.01, 0.003]}}, method="grid")
     launch.run_sweep(first, 1, {"data_dir": str(image_folder)}, out)
     trials = json.loads((out / "trials.json").read_text())["trials"]
     assert [t["reason"] for t in trials] == ["ConfigError: not trained here"]
@@ -352,8 +335,8 @@ def test_a_folder_of_another_sweep_is_not_resumed(image_folder, tmp_path, monkey
         launch.run_sweep(first, 1, {"data_dir": str(image_folder)}, tmp_path / "other")
 
 
-def test_online_only_when_logged_in_and_not_offline(tmp_path, monkeypatch):
-    path = sweep_file(tmp_path, {"learning_rate": {"values": [0.01, 0.003]}})
+def test_online_only_when_logged_in_and_not_offline(tmp_path, monkeypatch, make_sweep_file):
+    path = make_sweep_file(tmp_path, {"learning_rate": {"values": [0.01, 0.003]}})
     chosen = []
     monkeypatch.setattr(launch, "run_local", lambda *a: chosen.append("local"))
     monkeypatch.setattr(launch, "run_online", lambda *a: chosen.append("online"))
@@ -373,20 +356,13 @@ def test_online_only_when_logged_in_and_not_offline(tmp_path, monkeypatch):
     assert chosen == ["local", "online", "local", "local"]
 
 
-class FakeRun:
-    def __init__(self, config):
-        self.id, self.config, self.summary, self.sweep_id, self.exit_code = "run42", config, {}, "abc", None
-
-    def finish(self, exit_code=0):
-        self.exit_code = exit_code
-
-
-def test_the_agent_trains_the_config_that_wandb_proposes(tmp_path, monkeypatch, capsys):
+def test_the_agent_trains_the_config_that_wandb_proposes(tmp_path, monkeypatch, capsys, make_sweep_file,
+                                                        tiny_sweep_constants, fake_wandb_run):  # fmt: skip
     space = {"learning_rate": {"values": [0.01, 0.003]}, "activation": {"values": ["relu", "gelu"]}}
-    path = sweep_file(tmp_path, space, entity="team", project="inat-sweeps")
+    path = make_sweep_file(tmp_path, space, entity="team", project="inat-sweeps")
     trained, created = [], []
-    proposal = {**TINY, "learning_rate": 0.003, "activation": "gelu"}
-    run = FakeRun(proposal)
+    proposal = {**tiny_sweep_constants, "learning_rate": 0.003, "activation": "gelu"}
+    run = fake_wandb_run(proposal, "run42")
 
     def agent(sweep_id, function, entity, project, count):
         assert (sweep_id, entity, project, count) == ("abc", "team", "inat-sweeps", 2)
@@ -406,7 +382,7 @@ def test_the_agent_trains_the_config_that_wandb_proposes(tmp_path, monkeypatch, 
     printed = capsys.readouterr().out
     assert "sweep id: abc" in printed and "https://wandb.ai/team/inat-sweeps/sweeps/abc" in printed
     config = trained[0]
-    assert (config.learning_rate, config.activation, config.filters, config.image_size) == (0.003, "gelu", [4] * 5, 32)
+    assert (config.learning_rate, config.activation, config.filter_list(), config.image_size) == (0.003, "gelu", [4] * 5, 32)
     assert config.demo and config.wandb == "online" and config.wandb_project == "inat-sweeps"
     assert Path(config.output_dir) == out / "trials" / "run42"
     assert run.exit_code is None
@@ -420,8 +396,8 @@ def test_the_agent_trains_the_config_that_wandb_proposes(tmp_path, monkeypatch, 
     assert len(created) == 1
 
 
-def test_a_sweep_run_started_by_the_agent_is_reused(tmp_path, monkeypatch):
-    run = FakeRun({"learning_rate": 0.003})
+def test_a_sweep_run_started_by_the_agent_is_reused(tmp_path, monkeypatch, fake_wandb_run):
+    run = fake_wandb_run({"learning_rate": 0.003})
     monkeypatch.setattr(wandb, "run", run)
     monkeypatch.setattr(wandb, "init", lambda **kwargs: pytest.fail("a second init would end the agent's run"))
     assert tracking.start_run({"epochs": 1, "learning_rate": 0.1}, tmp_path, "online", "p") is run
@@ -449,11 +425,11 @@ def sweep_report_record(trials):
     return SweepRecord("s", KINDS["scratch"], "val_accuracy", parameters, trials)
 
 
-def test_a_wandb_sweep_is_reported_like_a_local_one(tmp_path, monkeypatch):
+def test_a_wandb_sweep_is_reported_like_a_local_one(tmp_path, monkeypatch, tiny_sweep_constants):
     from inat_keras.sweeps.report import load_sweep, write_report
 
     def run(name, created, state, accuracy, lr, failure=None):
-        config = {**TINY, "learning_rate": lr, "activation": "relu", "kind": "scratch", "classes": ["a", "b"]}
+        config = {**tiny_sweep_constants, "learning_rate": lr, "activation": "relu", "kind": "scratch", "classes": ["a", "b"]}
         summary = {"val_accuracy": accuracy, "failure": failure} if accuracy is not None else {"failure": failure}
         return type("Run", (), {"name": name, "created_at": created, "state": state, "config": config,
                                 "summary": summary})()

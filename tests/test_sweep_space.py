@@ -72,7 +72,7 @@ def test_a_sweep_file_names_the_config_its_trials_start_from(tmp_path):
     params = local.propose(plan.sweep, [], 1)
     assert params["base_config"] == "my_base.yaml"  # W&B passes a constant parameter to every run
     config = plan.trial_config(plan.trial_values(params), tmp_path / "trial", "disabled")
-    assert (config.dense_units, config.activation, config.filters) == (24, "gelu", [16] * 5)
+    assert (config.dense_units, config.activation, config.filter_list()) == (24, "gelu", [16] * 5)
     record = SweepRecord("s", KINDS["scratch"], "val_accuracy", spec["parameters"],
                          [{"name": "t", "number": 1, "state": "finished", "params": params, "metric": 0.5}], plan.settings)
     best = best_config(record)

@@ -3,16 +3,21 @@ leaves nothing behind."""
 
 import time
 
-from conftest import tiny_cnn_values
+import pytest
+
 from inat_keras.cli import main
-from inat_keras.training import tracking
+from inat_keras.outputs import tracking
 
 
-def tiny(folder, out, *flags) -> list[str]:
-    values = tiny_cnn_values()
-    return ["scratch", "--data-dir", str(folder), "--output-dir", str(out), "--image-size", "32", "--filters",
-            "4,4,4,4,4", "--kernel-sizes", "1,1,1,1,1", "--dense-units", "8", "--epochs", "1",
-            "--batch-size", str(values["batch_size"]), *flags]  # fmt: skip
+@pytest.fixture
+def tiny(tiny_cnn_flags):
+    """tiny(folder, out, *flags): `scratch` of the tiny CNN for one epoch, W&B as the flags say."""
+
+    def argv(folder, out, *flags) -> list[str]:
+        return ["scratch", "--data-dir", str(folder), "--output-dir", str(out),
+                *tiny_cnn_flags(epochs=1, learning_rate=None, wandb=None), *flags]  # fmt: skip
+
+    return argv
 
 
 def test_auto_with_a_key_but_no_server_logs_offline_and_says_so(monkeypatch, caplog):
@@ -24,7 +29,7 @@ def test_auto_with_a_key_but_no_server_logs_offline_and_says_so(monkeypatch, cap
     assert "logging OFFLINE instead" in caplog.text
 
 
-def test_online_without_a_server_fails_fast_in_one_line(image_folder, tmp_path, monkeypatch, capsys):
+def test_online_without_a_server_fails_fast_in_one_line(image_folder, tmp_path, monkeypatch, capsys, tiny):
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     monkeypatch.delenv("WANDB_MODE", raising=False)
     start = time.perf_counter()
@@ -35,7 +40,7 @@ def test_online_without_a_server_fails_fast_in_one_line(image_folder, tmp_path, 
     assert not (tmp_path / "run").exists()
 
 
-def test_online_without_a_login_leaves_no_folder_to_refuse(image_folder, tmp_path, monkeypatch, capsys):
+def test_online_without_a_login_leaves_no_folder_to_refuse(image_folder, tmp_path, monkeypatch, capsys, tiny):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setattr(tracking, "logged_in", lambda: False)

@@ -5,20 +5,23 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import Interrupt
-from inat_keras.training.run_folder import read_history
+from inat_keras.outputs.run_folder import read_history
 from inat_keras.cli import main
-from inat_keras.models.cnn import build_cnn
 from inat_keras.config import ConfigError, ScratchConfig, build_config
 from inat_keras.serving.predict import predict_images
-from inat_keras.training.checkpoints import evaluate_checkpoint
+from inat_keras.config import EvaluateOptions
+from inat_keras.serving.evaluate import evaluate_checkpoint
 from inat_keras.training.kinds import KINDS
 
 
-def config_for(folder, out, **extra):
-    from conftest import tiny_cnn_values
+@pytest.fixture
+def config_for(tiny_cnn_options):
+    """config_for(folder, out, **changes): the tiny CNN's run on `folder` into `out`."""
 
-    return build_config(ScratchConfig, {**tiny_cnn_values(), "data_dir": str(folder), "output_dir": str(out), **extra})
+    def make(folder, out, **extra):
+        return build_config(ScratchConfig, {**tiny_cnn_options, "data_dir": str(folder), "output_dir": str(out), **extra})
+
+    return make
 
 
 def train(config, extra_callbacks=None):
@@ -28,7 +31,7 @@ def train(config, extra_callbacks=None):
     return kind.train(config)
 
 
-def test_a_run_writes_every_output(image_folder, tmp_path):
+def test_a_run_writes_every_output(image_folder, tmp_path, config_for):
     run_dir, metrics = train(config_for(image_folder, tmp_path / "run"))
     for name in ("config.yaml", "split.json", "model.keras", "history.csv", "metrics.json",
                  "confusion_matrix.png", "predictions_grid.png"):
@@ -49,7 +52,7 @@ def test_a_run_writes_every_output(image_folder, tmp_path):
     assert not (run_dir / "backup").exists()
 
 
-def test_a_finished_run_is_never_overwritten(image_folder, tmp_path):
+def test_a_finished_run_is_never_overwritten(image_folder, tmp_path, config_for):
     config = config_for(image_folder, tmp_path / "run", epochs=1)
     train(config)
     before = (tmp_path / "run" / "metrics.json").read_bytes()
@@ -71,10 +74,10 @@ class Seen(keras.callbacks.Callback):
         self.epochs.append(epoch)
 
 
-def test_an_interrupted_run_resumes_where_it_stopped(image_folder, tmp_path):
+def test_an_interrupted_run_resumes_where_it_stopped(image_folder, tmp_path, config_for, interrupt):
     config = config_for(image_folder, tmp_path / "run", epochs=3)
     with pytest.raises(KeyboardInterrupt):
-        train(config, extra_callbacks=lambda model: [Interrupt(2)])
+        train(config, extra_callbacks=lambda model: [interrupt(2)])
     assert not (tmp_path / "run" / "metrics.json").exists()
     assert [int(r["epoch"]) for r in read_history(tmp_path / "run" / "history.csv")] == [1, 2]
     backup_weights = keras.models.load_model(tmp_path / "run" / "model.keras").get_weights()
@@ -91,13 +94,13 @@ def test_an_interrupted_run_resumes_where_it_stopped(image_folder, tmp_path):
     assert len(backup_weights) == len(keras.models.load_model(run_dir / "model.keras").get_weights())
 
 
-def test_evaluate_and_predict_a_checkpoint(image_folder, tmp_path, capsys):
-    run_dir, metrics = train(config_for(image_folder, tmp_path / "run"))
-    out, again = evaluate_checkpoint(str(run_dir / "model.keras"), None, False, str(tmp_path / "eval"))
+def test_evaluate_and_predict_a_checkpoint(tiny_run, tmp_path, capsys):
+    run_dir, data, metrics = tiny_run  # shared with other modules: written once per session
+    out, again = evaluate_checkpoint(EvaluateOptions(checkpoint=str(run_dir / "model.keras"), output_dir=str(tmp_path / "eval")))
     assert again["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
     assert again["test_loss"] == pytest.approx(metrics["test_loss"], rel=1e-4)
     assert (out / "confusion_matrix.png").is_file() and (out / "predictions_grid.png").is_file()
-    image = str(image_folder / "val" / "owl" / "owl_000.jpg")
+    image = str(data / "val" / "owl" / "owl_000.jpg")
     [(path, ranked)], unreadable = predict_images(str(run_dir / "model.keras"), [image], None, False)
     assert unreadable == []
     assert path == image and len(ranked) == 3
@@ -119,14 +122,14 @@ def test_cli_refuses_bad_input_clearly(image_folder, tmp_path, capsys):
     assert "smallest image size that works is 94" in capsys.readouterr().err
 
 
-def test_the_model_learns_the_tiny_dataset(image_folder, tmp_path):
+def test_the_model_learns_the_tiny_dataset(image_folder, tmp_path, config_for):
     config = config_for(image_folder, tmp_path / "run", epochs=12, batch_size=4, augment=False, filters="8,8,8,8,8")
     _, metrics = train(config)
     assert metrics["test_accuracy"] >= 0.9
     assert np.isfinite(metrics["test_loss"])
 
 
-def test_val_fraction_zero_trains_on_all_of_train_and_keeps_the_last_epoch(image_folder, tmp_path):
+def test_val_fraction_zero_trains_on_all_of_train_and_keeps_the_last_epoch(image_folder, tmp_path, config_for):
     run_dir, metrics = train(config_for(image_folder, tmp_path / "run", val_fraction=0.0))
     split = json.loads((run_dir / "split.json").read_text())
     assert len(split["train"]) == 30 and split["val"] == []
@@ -137,7 +140,7 @@ def test_val_fraction_zero_trains_on_all_of_train_and_keeps_the_last_epoch(image
 
 
 @pytest.mark.parametrize("precision, compute", [("mixed_bfloat16", "bfloat16"), ("mixed_float16", "float16")])
-def test_mixed_precision_computes_in_16_bits_with_float32_weights_and_logits(image_folder, tmp_path, precision, compute):
+def test_mixed_precision_computes_in_16_bits_with_float32_weights_and_logits(image_folder, tmp_path, config_for, precision, compute):
     run_dir, metrics = train(config_for(image_folder, tmp_path / "run", epochs=1, precision=precision))
     assert metrics["precision"] == precision and np.isfinite(metrics["test_loss"])
     assert keras.config.dtype_policy().name == "float32", "the global policy is put back"

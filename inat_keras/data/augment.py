@@ -20,9 +20,9 @@ import math
 from dataclasses import asdict, dataclass
 
 import keras
-from keras.src.layers.preprocessing.data_layer import DataLayer  # Keras's own base for tf.data-safe layers
 
 from ..config import TrainConfig
+from ..keras_compat import DataLayer
 from .randaugment import rand_augment
 
 BLUR_SIGMA = (0.1, 2.0)  # torchvision GaussianBlur's default sigma range
@@ -116,18 +116,18 @@ class Augment(DataLayer):
 
     def stateless_uniform(self, shape, low, high, seed):
         """Uniform draws from a seed tensor (Keras's own random ops take integers or SeedGenerators only)."""
-        if self.backend._backend == "tensorflow":
+        if self.backend.name == "tensorflow":
             import tensorflow as tf
 
             seed = tf.cast(tf.math.floormod(tf.cast(seed, tf.int64), 2**31 - 1), tf.int32)
             return tf.random.stateless_uniform(shape, seed=seed, minval=low, maxval=high)
-        if self.backend._backend == "jax":
+        if self.backend.name == "jax":
             import jax
             import jax.numpy as jnp
 
             key = jnp.mod(jnp.asarray(seed), 2**31 - 1).astype(jnp.uint32)
             return jax.random.uniform(key, shape, minval=low, maxval=high)
-        raise ValueError(f"augmentation runs in tf.data or under the jax backend, not {self.backend._backend}")
+        raise ValueError(f"augmentation runs in tf.data or under the jax backend, not {self.backend.name}")
 
     def rotate_and_zoom(self, images, angle, scale):
         """One affine map per image about its centre, sampled bilinearly, reflecting at the borders.
@@ -137,7 +137,7 @@ class Augment(DataLayer):
         """
         b, np = self.backend, self.backend.numpy
         shape = b.shape(images)
-        batch, height, width = shape[0], shape[1], shape[2]
+        height, width = shape[1], shape[2]
         cos, sin = np.cos(angle) / scale, np.sin(angle) / scale  # output -> input: rotate back, unzoom
         cy, cx = (b.cast(height, "float32") - 1) / 2, (b.cast(width, "float32") - 1) / 2
         ys, xs = np.meshgrid(np.arange(height, dtype="float32") - cy, np.arange(width, dtype="float32") - cx, indexing="ij")
@@ -225,7 +225,7 @@ class DeviceAugment(Augment):
         return super().call(images, self.backend.numpy.add(seed, self.backend.numpy.stack([0, self.replica_offset()])))
 
     def replica_offset(self):
-        if self.backend._backend != "tensorflow":
+        if self.backend.name != "tensorflow":
             return 0  # under JAX one compiled step sees the whole global batch
         import tensorflow as tf
 

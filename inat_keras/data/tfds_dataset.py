@@ -50,6 +50,7 @@ from PIL import Image, ImageOps
 
 from ..errors import DataError
 from ..files import publish_dir, staging_dir, write_json
+from ..keras_compat import keep_builder_argument
 from .decode import BACKGROUND, exif_orientation, unreadable_reason
 from .sources import INAT_CLASSES, INAT_URL, download
 from .splits import TEST_DIR, TRAIN_DIR, dataset_root, list_folder
@@ -79,7 +80,7 @@ class Inaturalist12k(tfds.core.GeneratorBasedBuilder):
         """`url` overrides $INAT_KERAS_INAT_URL and INAT_URL, e.g. with a file:// URL for a local copy."""
         self._url = url
         super().__init__(**kwargs)
-        self._original_state["url"] = url  # so a pickled builder (multiprocessing) keeps its source
+        keep_builder_argument(self, "url", url)  # so a pickled builder (multiprocessing) keeps its source
 
     @tfds.core.utils.classproperty
     @classmethod
@@ -104,13 +105,13 @@ class Inaturalist12k(tfds.core.GeneratorBasedBuilder):
         )
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-        root = _manual_root(dl_manager) or self._downloaded_root(Path(dl_manager.download_dir))
+        root = _manual_root(dl_manager) or self.downloaded_root(Path(dl_manager.download_dir))
         return {
             "train": self._generate_examples(root / TRAIN_DIR),
             "test": self._generate_examples(root / TEST_DIR),
         }
 
-    def _downloaded_root(self, download_dir: Path) -> Path:
+    def downloaded_root(self, download_dir: Path) -> Path:
         """Fetch (or reuse) the archive, check it against its record, unpack it once per content."""
         url = self._url or os.environ.get(URL_ENV) or INAT_URL
         download_dir.mkdir(parents=True, exist_ok=True)

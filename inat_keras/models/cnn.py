@@ -8,10 +8,11 @@ taking raw pixels, and augmentation before it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import keras
 from keras import layers
 
-from ..config import ScratchConfig
 from ..errors import ConfigError
 from .layers import Activation, BatchNormalization, BlockMaxPooling2D
 
@@ -56,10 +57,32 @@ def imagenet_normalisation(channels: int) -> layers.Rescaling:
     return layers.Rescaling([1 / (255 * s) for s in std], [-m / s for m, s in zip(mean, std)], name="normalise")
 
 
-def build_cnn(config: ScratchConfig, num_classes: int, augment: layers.Layer | None = None) -> keras.Model:
+@dataclass(frozen=True)
+class CnnArchitecture:
+    """What the CNN builder needs, and nothing of the training around it."""
+
+    image_size: int
+    channels: int
+    filters: tuple[int, ...]
+    kernel_sizes: tuple[int, ...]
+    activation: str = "relu"
+    dense_units: int = 2048
+    batch_norm: bool = False
+    dropout: float = 0.0
+    conv_dropout: str = "channel"
+    input_norm: str = "imagenet"
+
+    @classmethod
+    def of(cls, config) -> CnnArchitecture:
+        """From a ScratchConfig (its presets resolved)."""
+        return cls(config.image_size, config.channels, tuple(config.filter_list()), tuple(config.kernel_list()),
+                   config.activation, config.dense_units, config.batch_norm, config.dropout, config.conv_dropout,
+                   config.input_norm)  # fmt: skip
+
+
+def build_cnn(config: CnnArchitecture, num_classes: int, augment: layers.Layer | None = None) -> keras.Model:
     """`augment`: a layer on raw pixels, before normalisation, that acts in training only."""
-    config.validate()
-    check_geometry(config.image_size, config.kernel_sizes)
+    check_geometry(config.image_size, list(config.kernel_sizes))
     inputs = keras.Input((config.image_size, config.image_size, config.channels), name="image")
     x = augment(inputs) if augment else inputs
     x = imagenet_normalisation(config.channels)(x) if config.input_norm == "imagenet" else x
@@ -83,7 +106,7 @@ def build_cnn(config: ScratchConfig, num_classes: int, augment: layers.Layer | N
     return keras.Model(inputs, outputs, name="cnn5")
 
 
-def closed_form_params(config: ScratchConfig, num_classes: int) -> int:
+def closed_form_params(config: CnnArchitecture, num_classes: int) -> int:
     """The study's style of formula: spatial size halves each block without flooring.
 
     It approximates the flattened size, so it differs from the exact count.
@@ -116,7 +139,7 @@ def model_flops(model: keras.Model) -> int:
     return sum(layer_flops(layer) for layer in model.layers)
 
 
-def describe(model: keras.Model, config: ScratchConfig, num_classes: int) -> str:
+def describe(model: keras.Model, config: CnnArchitecture, num_classes: int) -> str:
     """Layer table, exact and closed-form parameter counts, and forward FLOPs."""
     rows = [f"{'layer':<18}{'output shape':<22}{'params':>12}{'MFLOPs':>12}"]
     for layer in model.layers:

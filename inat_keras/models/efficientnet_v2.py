@@ -15,6 +15,7 @@ import keras_cv
 from keras import layers
 
 from ..errors import WeightsError
+from ..keras_compat import replace_class, sublayers
 from .backbones import BACKBONE, V2S_ARGUMENTS
 from .layers import DepthwiseConv2D
 
@@ -39,9 +40,9 @@ def build_backbone(image_size: int) -> keras.Model:
     )
     # keras-cv creates the depthwise convolutions inside its blocks: give them layers.DepthwiseConv2D's
     # `call` (same weights and outputs; fast under JAX on CPU). Blocks recreate them when a model loads.
-    for layer in backbone._flatten_layers(include_self=False, recursive=True):
+    for layer in sublayers(backbone):
         if type(layer) is layers.DepthwiseConv2D:
-            layer.__class__ = DepthwiseConv2D
+            replace_class(layer, DepthwiseConv2D)
     return backbone
 
 

@@ -2,20 +2,35 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import keras
 from keras import layers
 
-from ..config import FinetuneConfig
 from . import efficientnet_lite, efficientnet_v2
 from .backbones import BACKBONES, HEAD, PREPROCESS
 
 BUILDERS = {"efficientnetv2_s": efficientnet_v2, "efficientnet_lite0": efficientnet_lite}  # build_backbone, load_weights
 
 
-def build_finetune_model(config: FinetuneConfig, num_classes: int, augment: layers.Layer | None = None) -> keras.Model:
+@dataclass(frozen=True)
+class FinetuneArchitecture:
+    """What the fine-tuning model needs: the backbone, its input size, its weights and the head's dropout."""
+
+    backbone: str
+    image_size: int
+    weights: str = "imagenet"
+    head_dropout: float = 0.2
+
+    @classmethod
+    def of(cls, config) -> FinetuneArchitecture:
+        """From a FinetuneConfig."""
+        return cls(config.backbone, config.image_size, config.weights, config.head_dropout)
+
+
+def build_finetune_model(config: FinetuneArchitecture, num_classes: int, augment: layers.Layer | None = None) -> keras.Model:
     """Raw pixels -> [augment, training only] -> scaling the weights expect -> backbone -> average pool ->
     dropout -> float32 logits."""
-    config.validate()
     module = BUILDERS[config.backbone]
     backbone = module.build_backbone(config.image_size)
     scale, offset = module.load_weights(backbone, config.weights)

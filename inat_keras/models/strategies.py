@@ -20,7 +20,6 @@ Batch normalisation (`batch_norm_mode`):
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import logging
 import re
@@ -31,8 +30,9 @@ import keras
 import numpy as np
 
 from ..config import FinetuneConfig
+from ..keras_compat import sublayers
 from .backbones import BACKBONE, BACKBONES, HEAD, STEM, TOP, Layout
-from .finetune import build_finetune_model
+from .finetune import FinetuneArchitecture, build_finetune_model
 
 HEAD_GROUP = "head"
 BLOCK_NAME = re.compile(r"^block(\d+)[a-z]+")  # keras-cv's "block6o_", Lite0's "block6d_dwconv": stage 6
@@ -52,11 +52,6 @@ class Stage:
 def trainable_params(model: keras.Model) -> int:
     """From the live model: a reloaded checkpoint forgets trainable flags nested inside layers."""
     return int(sum(np.prod(w.shape) for w in model.trainable_weights))
-
-
-def sublayers(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
-    """The layer and everything nested in it, parents first (Keras 3 has no public API for this)."""
-    return layer._flatten_layers(include_self=True, recursive=True)
 
 
 def layer_groups(model: keras.Model) -> dict[str, list[keras.layers.Layer]]:
@@ -241,7 +236,7 @@ def schedule_table(config: FinetuneConfig, num_classes: int = 10) -> str:
     level, quiet.level = quiet.level, logging.ERROR  # "random weights" is the point here, not a warning
     try:
         small = BACKBONES[config.backbone].min_image_size
-        model = build_finetune_model(dataclasses.replace(config, weights="none", image_size=small), num_classes)
+        model = build_finetune_model(FinetuneArchitecture(config.backbone, small, "none", config.head_dropout), num_classes)
     finally:
         quiet.setLevel(level)
     stages = plan_stages(model, config)

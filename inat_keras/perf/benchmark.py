@@ -25,35 +25,27 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ..config import FinetuneConfig, ScratchConfig, TrainConfig, load_config, shipped_config
+from ..config import FinetuneConfig, ScratchConfig, TrainConfig, commands, load_config, shipped_config
 from ..data.augment import augment_spec, device_augment
 from ..data.pipeline import make_dataset, steps_per_epoch
 from ..data.splits import dataset_root, load_splits
 from ..data.synthetic import cached_photo_folder
-from ..models.cnn import build_cnn, model_flops
-from ..models.finetune import build_finetune_model
+from ..keras_compat import sublayers
+from ..models.cnn import CnnArchitecture, build_cnn, model_flops
+from ..models.finetune import FinetuneArchitecture, build_finetune_model
 from ..training.callbacks import EpochTimer
 from ..training.loop import compile_model, dtype_policy
-from . import MODELS, PARTS
 
 TRAIN_FLOPS_PER_FORWARD = 3  # forward, input gradient, weight gradient
 
 
 @dataclass
-class BenchOptions:
-    model: str = "cnn"
-    image_size: int = 224
-    batch_size: int = 32
-    data_dir: str | None = None
-    steps: int = 5
-    repeats: int = 3
-    images: int = 320
-    parts: tuple[str, ...] = PARTS
-    precision: str = "float32"
-    jit_compile: str = "auto"
-    peak_tflops: float = 0.0  # the device's dense peak for this precision; 0: no MFU
+class BenchOptions(commands.BenchOptions):
+    """The command's options (config.commands.BenchOptions) and two knobs that are no flags: the matmul's size and
+    extra config values (tests shrink the model with them)."""
+
     matmul_size: int = 4096
-    overrides: dict = field(default_factory=dict)  # extra config values (tests shrink the model)
+    overrides: dict = field(default_factory=dict)
 
 
 def model_config(options: BenchOptions) -> TrainConfig:
@@ -66,22 +58,22 @@ def model_config(options: BenchOptions) -> TrainConfig:
     if options.model in ("efficientnet", "efficientnet-lite0"):
         backbone = "efficientnet_lite0" if options.model == "efficientnet-lite0" else "efficientnetv2_s"
         return load_config(FinetuneConfig, None, {"weights": "none", "backbone": backbone, **values})
-    raise ValueError(f"model must be one of {', '.join(MODELS)}, got {options.model!r}")
+    raise ValueError(f"model must be one of {', '.join(commands.BENCH_MODELS)}, got {options.model!r}")
 
 
 def build_model(options: BenchOptions, config: TrainConfig, num_classes: int) -> tuple[keras.Model, float]:
     """The model and its forward FLOPs per image."""
     augment = device_augment(config)  # inside the step, as in training (None with augment_on: host)
     if options.model.startswith("efficientnet"):
-        model = build_finetune_model(config, num_classes, augment)
+        model = build_finetune_model(FinetuneArchitecture.of(config), num_classes, augment)
         # keras-cv's fused blocks hold squeeze-excite and batch-norm layers that they never call. While a
         # layer is unbuilt, train_on_batch and predict_on_batch trace the model eagerly on every call
         # (fit does it once): marked built here, they are not measured (nothing is saved from this model).
-        for layer in model._flatten_layers(include_self=False, recursive=True):
+        for layer in sublayers(model):
             if not layer.built and not layer.weights:
                 layer.built = True
         return model, compiled_forward_flops(model, config.image_size)
-    model = build_cnn(config, num_classes, augment)
+    model = build_cnn(CnnArchitecture.of(config), num_classes, augment)
     return model, float(model_flops(model))
 
 
@@ -135,11 +127,11 @@ def bench_steps(model: keras.Model, options: BenchOptions, num_classes: int, flo
     x = keras.ops.convert_to_tensor(rng.uniform(0, 255, shape).astype("float32"))
     y = keras.ops.convert_to_tensor(np.arange(options.batch_size, dtype="int32") % num_classes)
     results = {}
-    if "train" in options.parts:
+    if "train" in options.part_list():
         train = time_step(lambda: model.train_on_batch(x, y), options)
         train["gflops_per_second"] = train["images_per_second"] * TRAIN_FLOPS_PER_FORWARD * flops / 1e9
         results["train"] = train
-    if "infer" in options.parts:
+    if "infer" in options.part_list():
         infer = time_step(lambda: model.predict_on_batch(x), options)
         infer["gflops_per_second"] = infer["images_per_second"] * flops / 1e9
         results["infer"] = infer
@@ -209,7 +201,7 @@ def bench_data(model: keras.Model, config: TrainConfig, options: BenchOptions, r
     decoded = len(splits.train) + len(splits.val) + len(splits.test)
     results = {"train_images": len(splits.train), "val_images": len(splits.val)}
     classes = len(splits.class_names)  # soft training targets (label smoothing, MixUp, CutMix) are one-hot
-    if "pipeline" in options.parts:
+    if "pipeline" in options.part_list():
         host = dataclasses.replace(config, augment_on="host")
         device = dataclasses.replace(config, augment_on="device")
         results["pipeline"] = {
@@ -219,7 +211,7 @@ def bench_data(model: keras.Model, config: TrainConfig, options: BenchOptions, r
             **_rates("device_feed", len(splits.train), *_passes(make_dataset(splits.train, device, training=True, classes=classes), options)),
             "augmentation": dataclasses.asdict(spec) if (spec := augment_spec(config)) else None,
         }
-    if "fit" in options.parts:
+    if "fit" in options.part_list():
         timer = TrainingTimer(len(splits.train))
         epochs = 1 + options.repeats
         model.fit(
@@ -271,11 +263,9 @@ def machine() -> dict:
 
 def run_bench(options: BenchOptions) -> dict:
     """All measurements of one model on the active backend, as one JSON-ready dict."""
-    unknown = set(options.parts) - set(PARTS)
-    if unknown:
-        raise ValueError(f"parts must be among {', '.join(PARTS)}, got {', '.join(sorted(unknown))}")
+    options.validate()
     config = model_config(options)
-    needs_data = {"pipeline", "fit"} & set(options.parts)
+    needs_data = {"pipeline", "fit"} & set(options.part_list())
     root = None
     if needs_data:
         root = dataset_root(options.data_dir) if options.data_dir else cached_photo_folder(options.images)
@@ -289,7 +279,7 @@ def run_bench(options: BenchOptions) -> dict:
     compile_model(model, config)
     report.update({"params": int(model.count_params()), "forward_gflops_per_image": flops / 1e9})
     report.update(bench_steps(model, options, num_classes, flops))
-    if "matmul" in options.parts:
+    if "matmul" in options.part_list():
         report["matmul"] = bench_matmul(options)
         if "train" in report:
             report["train"]["fraction_of_matmul_rate"] = report["train"]["gflops_per_second"] / report["matmul"]["gflops_per_second"]

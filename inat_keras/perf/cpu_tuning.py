@@ -21,6 +21,8 @@ import os
 import platform
 import sys
 
+from ..keras_compat import jax_started
+
 YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
 YNN_FUSIONS = {"cnn": "", "efficientnet": "reduce"}  # empty: no YNNPACK library calls
 MALLOC_TUNABLES = ("glibc.malloc.hugetlb=1",)
@@ -43,11 +45,8 @@ def configure_xla_flags(environ=os.environ, model: str = "cnn", base: str | None
 def prepare_for(model: str, environ=os.environ) -> None:
     """Pick the model family's flags while JAX has not started its CPU client (XLA reads them once);
     after that, and for a flag the user set, nothing changes."""
-    if "jax" in sys.modules:
-        from jax._src import xla_bridge
-
-        if xla_bridge.backends_are_initialized():
-            return
+    if jax_started():
+        return
     configure_xla_flags(environ, model, base=USER_XLA_FLAGS)
 
 

@@ -9,8 +9,8 @@ import numpy as np
 
 from ..analysis import errors
 from ..errors import DataError
-from ..training.evaluation import read_predictions
-from ..training.run_folder import PREDICTIONS
+from ..inference.evaluation import read_predictions
+from ..outputs.run_folder import PREDICTIONS
 
 BOOTSTRAP = (f"percentile bootstrap, {errors.BOOTSTRAP_RESAMPLES} resamples of the test images (paired: both runs "
              f"keep the same images), seed {errors.BOOTSTRAP_SEED}")  # fmt: skip

@@ -13,9 +13,9 @@ from ..analysis import explain as algorithms
 from ..analysis.explain_plots import plot_feature_maps, plot_filters, plot_gradcam, plot_guided
 from ..errors import ConfigError, DataError
 from ..files import write_json
-from ..training.checkpoints import class_names_for, load_checkpoint
-from ..training.evaluation import image_shape
-from ..training.run_folder import empty_output_dir
+from ..config import ExplainOptions
+from ..inference.checkpoint import class_names_for, image_shape, load_checkpoint
+from ..outputs.run_folder import empty_output_dir
 from .predict import decoded
 
 INDEX = "explain.json"
@@ -74,19 +74,15 @@ def strongest(maps: np.ndarray, count: int) -> list[int]:
     return [int(c) for c in np.argsort(-maps.max(axis=(0, 1)), kind="stable")[:count]]
 
 
-def explain_checkpoint(checkpoint: str, images: list[str], output_dir: str | None = None, class_name: str | None = None,
-                       gradcam_layer: str | None = None, layer: str | None = None, neurons: int = 10,
-                       channels: list[int] | None = None, data_dir: str | None = None, demo: bool = False):  # fmt: skip
+def explain_checkpoint(options: ExplainOptions):
     """Writes the pictures and the index; returns (output folder, index). Unreadable images are skipped
     and listed; everything a user chose is checked before any picture is made."""
-    checkpoint = Path(checkpoint)
+    checkpoint, images, channels, neurons = Path(options.checkpoint), options.images, options.channels, options.neurons
     model = load_checkpoint(checkpoint)
-    class_names = class_names_for(checkpoint, model, data_dir, demo)
-    wanted = class_index(class_name, class_names)
-    cam_layer = check_gradcam_layer(model, gradcam_layer)
-    neuron_layer = guided_layer(model, layer)
-    if neurons < 1:
-        raise ConfigError(f"--neurons must be at least 1, not {neurons}")
+    class_names = class_names_for(checkpoint, model, options.data_dir, options.demo)
+    wanted = class_index(options.class_name, class_names)
+    cam_layer = check_gradcam_layer(model, options.gradcam_layer)
+    neuron_layer = guided_layer(model, options.layer)
     width = model.get_layer(neuron_layer).output.shape[-1] if neuron_layer else 0
     if channels is not None and not all(0 <= c < width for c in channels):
         raise ConfigError(f"--channels of {neuron_layer} must lie in 0..{width - 1}; got {channels}")
@@ -94,7 +90,7 @@ def explain_checkpoint(checkpoint: str, images: list[str], output_dir: str | Non
     good, pixels, skipped = decode_images(images, size, depth)
     if not good:
         raise DataError(f"none of the {len(images)} image(s) could be read: " + "; ".join(f"{p}: {r}" for p, r in skipped))
-    out_dir = empty_output_dir(output_dir, "explain")
+    out_dir = empty_output_dir(options.output_dir, "explain")
     x = pixels.astype(np.float32)
     index = {
         "checkpoint": str(checkpoint), "backend": keras.backend.backend(), "gradcam_layer": cam_layer,

@@ -19,8 +19,8 @@ import numpy as np
 from ..data.decode import BACKGROUND
 from ..errors import ConfigError, DataError
 from ..files import remove_abandoned, staging_dir, write_json, write_text
-from ..training.checkpoints import class_names_for, load_checkpoint
-from ..training.evaluation import image_shape
+from ..config import ExportOptions
+from ..inference.checkpoint import class_names_for, image_shape, load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -110,17 +110,16 @@ def metadata(fmt: str, model: keras.Model, class_names: list[str], checkpoint: P
     }
 
 
-def export_checkpoint(checkpoint: str, fmt: str, output_dir: str | None = None, data_dir: str | None = None,
-                      demo: bool = False) -> tuple[Path, dict]:  # fmt: skip
+def export_checkpoint(options: ExportOptions) -> tuple[Path, dict]:
     """The export folder (default RUN/export-FORMAT, new or empty) and its metadata."""
-    backend = keras.backend.backend()
+    backend, fmt = keras.backend.backend(), options.format
     check_supported(fmt, backend)
-    checkpoint = Path(checkpoint)
-    final = Path(output_dir) if output_dir else checkpoint.parent / f"export-{fmt}"
+    checkpoint = Path(options.checkpoint)
+    final = Path(options.output_dir) if options.output_dir else checkpoint.parent / f"export-{fmt}"
     if final.exists() and not (final.is_dir() and not any(final.iterdir())):
         raise DataError(f"{final} already exists and is not an empty folder; choose a new --output-dir")
     model = load_checkpoint(checkpoint)
-    class_names = class_names_for(checkpoint, model, data_dir, demo)
+    class_names = class_names_for(checkpoint, model, options.data_dir, options.demo)
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_abandoned(final)
     partial = staging_dir(final)

@@ -18,8 +18,8 @@ from ..data.decode import IMAGE_EXTENSIONS, unreadable_reason
 from ..data.splits import Split, read_headers, walk_images
 from ..errors import DataError
 from ..files import replacing
-from ..training.checkpoints import class_names_for, load_checkpoint
-from ..training.evaluation import forward, image_shape, runs_eagerly
+from ..config import PredictOptions
+from ..inference.checkpoint import class_names_for, forward, image_shape, load_checkpoint, runs_eagerly
 
 BATCH_SIZE = 32
 HEADER_CHUNK = 1024  # files whose headers (EXIF orientation) are read before their pixels stream through
@@ -120,24 +120,22 @@ class Predictor:
             yield Prediction(path, tuple((self.class_names[i], float(row[i])) for i in top))
 
 
-def predictor(checkpoint: str, inputs: list[str], data_dir: str | None = None, demo: bool = False, k: int = 3,
-              batch_size: int = BATCH_SIZE) -> Predictor:  # fmt: skip
-    checkpoint = Path(checkpoint)
+def predictor(options: PredictOptions) -> Predictor:
+    checkpoint, inputs, k = Path(options.checkpoint), options.images, options.top
     model = load_checkpoint(checkpoint)
-    class_names = class_names_for(checkpoint, model, data_dir, demo)
+    class_names = class_names_for(checkpoint, model, options.data_dir, options.demo)
     if not 1 <= k <= len(class_names):
         raise DataError(f"--top must be between 1 and {len(class_names)} (the model's classes), not {k}")
-    if batch_size < 1:
-        raise DataError(f"--batch-size must be at least 1, not {batch_size}")
     paths, known, ignored = image_paths(inputs)
     if not paths:
         raise DataError(f"no image files in {', '.join(inputs)} (readable formats: {', '.join(IMAGE_EXTENSIONS)})")
-    return Predictor(model, class_names, paths, known, ignored, k, batch_size)
+    return Predictor(model, class_names, paths, known, ignored, k, options.batch_size)
 
 
-def predict_images(checkpoint: str, images: list[str], data_dir: str | None, demo: bool, k: int = 3):
+def predict_images(checkpoint: str, images: list[str], data_dir: str | None = None, demo: bool = False, k: int = 3):
     """(path, top-k) for every readable image, and (path, reason) for every file that is not one."""
-    rows = list(predictor(checkpoint, images, data_dir, demo, k).rows())
+    options = PredictOptions(checkpoint=str(checkpoint), images=list(images), data_dir=data_dir, demo=demo, top=k)
+    rows = list(predictor(options).rows())
     return [(r.path, list(r.ranked)) for r in rows if r.error is None], [(r.path, r.error) for r in rows if r.error]
 
 

@@ -33,9 +33,9 @@ from ..errors import ConfigError
 from ..locks import LOCK, folder_lock
 from ..sweeps.launch import run_sweep
 from ..sweeps.report import BEST_CONFIG, SweepRecord, from_folder, write_report
-from ..training import tracking
+from ..outputs import tracking
 from ..training.kinds import KINDS, Kind
-from ..training.run_folder import CONFIG, METRICS, changed_options, new_run_dir
+from ..outputs.run_folder import CONFIG, METRICS, changed_options, new_run_dir
 
 log = logging.getLogger(__name__)
 

@@ -18,14 +18,14 @@ from ..config import STRATEGIES, read_yaml, shipped_config, to_dict
 from ..files import write_text
 from ..models.backbones import BACKBONES, demo_note
 from ..sweeps.report import PARALLEL_PNG, PROGRESS_PNG, SweepRecord, importance, markdown, shown, table
-from ..training import tracking
+from ..outputs import tracking
 from .pipeline import A_FINAL, B_FINAL, SWEEP_DIR, SWEEP_FILE, Step, StudyResult, strategy_dir
 from .reference import FIDELITY_HEADER, FIDELITY_ROWS, PART_A_TEST, PART_B_TEST, PART_B_VALIDATION
 
 REPORT_MD, REPORT_HTML = "report.md", "report.html"
 STUDY_BEST = "scratch_best.yaml"  # the study's winning configuration, in configs/
 STRATEGY_NAMES = {"full": "full", "head": "head only", "last_k": "last k units", "gradual": "gradual unfreezing"}
-# Pictures of a final run (training.evaluation), shown when the run wrote them.
+# Pictures of a final run (inference.evaluation), shown when the run wrote them.
 FINAL_PICTURES = (
     ("predictions_grid.png", "10x3 grid of test images: true and predicted class (green right, red wrong)"),
     ("confusion_matrix.png", "confusion matrix on the test set"),

@@ -18,7 +18,7 @@ with warnings.catch_warnings():  # sweeps 0.2.0 uses pydantic-1 style settings t
 
 from ..errors import ConfigError
 from ..files import write_json
-from ..training.run_folder import HISTORY, read_history
+from ..outputs.run_folder import HISTORY, read_history
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..training import tracking
-from ..training.run_folder import new_run_dir
+from ..outputs import tracking
+from ..outputs.run_folder import new_run_dir
 from .local import run_local
 from .online import run_online
 from .spec import load_plan

@@ -20,8 +20,8 @@ import numpy as np
 from ..errors import ConfigError, DataError
 from ..files import write_json
 from ..locks import LOCK, folder_lock
-from ..training import tracking
-from ..training.run_folder import BACKUP, HISTORY, METRIC_GOALS, METRICS, best_value, read_history
+from ..outputs import tracking
+from ..outputs.run_folder import BACKUP, HISTORY, METRIC_GOALS, METRICS, best_value, read_history
 from .hyperband import HyperbandStop, bands, stopped_at
 from .spec import SweepPlan, sweeps
 

@@ -25,9 +25,9 @@ import yaml  # noqa: E402
 
 from ..config import PLACE_OPTIONS  # noqa: E402
 from ..errors import ConfigError  # noqa: E402
-from ..training import tracking  # noqa: E402
+from ..outputs import tracking  # noqa: E402
 from ..training.kinds import KINDS, Kind, kind_of_options  # noqa: E402
-from ..training.run_folder import METRIC_GOALS, RUNS_DIR  # noqa: E402
+from ..outputs.run_folder import METRIC_GOALS, RUNS_DIR  # noqa: E402
 from .local import TRIALS_FILE, read_trials  # noqa: E402
 from .online import STOPPED_SUMMARY  # noqa: E402
 from .spec import run_options  # noqa: E402

@@ -15,7 +15,7 @@ from pathlib import Path
 from ..config import PLACE_OPTIONS, build_config, load_config, read_yaml, shipped_config, to_dict
 from ..errors import ConfigError
 from ..training.kinds import KINDS, Kind, kind_of_options
-from ..training.run_folder import METRIC_GOALS
+from ..outputs.run_folder import METRIC_GOALS
 
 from .hyperband import bands, sweeps
 

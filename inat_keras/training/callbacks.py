@@ -10,7 +10,8 @@ from pathlib import Path
 
 import keras
 
-from .run_folder import (
+from ..keras_compat import backup_files, is_improvement, prepare_monitor
+from ..outputs.run_folder import (
     CHECKPOINT,
     HISTORY,
     PARTIAL_CHECKPOINT,
@@ -127,8 +128,9 @@ class StagedBackupAndRestore(keras.callbacks.BackupAndRestore):
     """
 
     def on_train_begin(self, logs=None):
-        incomplete = [Path(p) for p in (self._weights_path, self._prev_weights_path) if Path(p).exists()]
-        if incomplete and not any(Path(p).exists() for p in (self._training_metadata_path, self._prev_training_metadata_path)):
+        weights, metadata = backup_files(self)
+        incomplete = [path for path in weights if path.exists()]
+        if incomplete and not any(path.exists() for path in metadata):
             for path in incomplete:
                 path.unlink()
         with warnings.catch_warnings():
@@ -177,12 +179,12 @@ class StagedEarlyStopping(keras.callbacks.EarlyStopping):
             return
         self._started = True
         super().on_train_begin(logs)
-        if self.history and self.monitor_op is None:
-            self._set_monitor_op()
+        if self.history:
+            prepare_monitor(self)
         for row in self.history:
             value = row.get(self.monitor)
             if value in (None, ""):
                 continue
             self.wait += 1
-            if self._is_improvement(float(value), self.best):
+            if is_improvement(self, float(value), self.best):
                 self.best, self.best_epoch, self.wait = float(value), int(row["epoch"]) - 1, 0

@@ -16,24 +16,23 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from ..keras_compat import StageSwapEMA
+
 
 def optimizer_of(model: keras.Model):
     return getattr(model.optimizer, "inner_optimizer", model.optimizer)  # a LossScaleOptimizer's
 
 
-class AverageSwap(keras.callbacks.SwapEMAWeights):
+class AverageSwap(StageSwapEMA):
     def __init__(self):
         super().__init__(swap_on_epoch=True)
 
     def on_train_begin(self, logs=None):
         if int(ops.convert_to_numpy(optimizer_of(self.model).iterations)) > 0:  # a fresh optimizer has no average yet
-            self._swap_variables()
-            self._ema_weights_in_model = True
+            self.swap()
+            self.average_in_model = True
 
     def on_train_end(self, logs=None):
-        if self._ema_weights_in_model:
-            self._swap_variables()
-            self._ema_weights_in_model = False
-
-    def _finalize_ema_values(self):
-        """Keras copies the average over the raw weights at a fit's last epoch; a stage's end is not the run's."""
+        if self.average_in_model:
+            self.swap()
+            self.average_in_model = False

@@ -17,8 +17,8 @@ import keras
 from ..config import KERNEL_PRESETS, FinetuneConfig, ScratchConfig, TrainConfig, resolve_blocks, shipped_config
 from ..data.augment import device_augment
 from ..errors import ConfigError
-from ..models.cnn import build_cnn, check_geometry, min_image_size
-from ..models.finetune import build_finetune_model
+from ..models.cnn import CnnArchitecture, build_cnn, check_geometry, min_image_size
+from ..models.finetune import FinetuneArchitecture, build_finetune_model
 from ..models.strategies import Stage, plan_stages, schedule_metrics, stage_logger
 from .layer_rates import layer_rate_factors
 from .loop import run_training
@@ -60,18 +60,19 @@ class Kind:
         return {f.name for f in dataclasses.fields(self.config_class)} - shared
 
 
-def augmented(builder: Callable) -> Callable[[TrainConfig, int], keras.Model]:
-    """The builder, with the config's device augmentation as the model's first layer (when it has one)."""
+def augmented(builder: Callable, architecture: Callable) -> Callable[[TrainConfig, int], keras.Model]:
+    """The builder, given the architecture the config describes, with the config's device augmentation as the
+    model's first layer (when it has one)."""
 
     def build(config: TrainConfig, num_classes: int) -> keras.Model:
-        return builder(config, num_classes, device_augment(config))
+        return builder(architecture(config), num_classes, device_augment(config))
 
     return build
 
 
 def check_scratch(config: ScratchConfig) -> None:
     """Options that validate one by one can still clash: the image must fit the kernels."""
-    check_geometry(config.image_size, config.kernel_sizes)
+    check_geometry(config.image_size, config.kernel_list())
 
 
 def scratch_image_size(choices: dict, base: dict) -> int:
@@ -82,14 +83,23 @@ def scratch_image_size(choices: dict, base: dict) -> int:
 
 KINDS = {
     "scratch": Kind(
-        "scratch", ScratchConfig, "scratch.yaml", "cnn", augmented(build_cnn), check=check_scratch,
+        "scratch", ScratchConfig, "scratch.yaml", "cnn", augmented(build_cnn, CnnArchitecture.of), check=check_scratch,
         min_image_size=scratch_image_size,
     ),
     "finetune": Kind(
-        "finetune", FinetuneConfig, "finetune.yaml", "efficientnet", augmented(build_finetune_model), plan_stages=plan_stages,
+        "finetune", FinetuneConfig, "finetune.yaml", "efficientnet", augmented(build_finetune_model, FinetuneArchitecture.of),
+        plan_stages=plan_stages,
         callbacks=stage_logger, metrics=schedule_metrics, rate_factors=layer_rate_factors,
     ),
 }  # fmt: skip
+
+
+def kind_of_config(config: TrainConfig) -> Kind:
+    """The kind that trains this config (by its class)."""
+    for kind in KINDS.values():
+        if type(config) is kind.config_class:
+            return kind
+    raise ConfigError(f"no kind of run trains a {type(config).__name__}; give a ScratchConfig or a FinetuneConfig")
 
 
 def kind_of_options(names, source: str) -> Kind:

@@ -11,21 +11,23 @@ import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import keras
-import wandb
 
 from ..config import TrainConfig, save_config, to_dict
 from ..data.pipeline import make_dataset, steps_per_epoch
 from ..data.sources import resolve_data_dir
-from ..data.splits import Splits, load_splits, splits_from_record
+from ..data.split_record import splits_from_record
+from ..data.splits import Splits, load_splits
 from ..data.tfds_source import load_tfds_splits
 from ..errors import ConfigError
 from ..files import write_json
 from ..locks import folder_lock
 from ..models.strategies import Stage, flags_kept, trainable_params
-from . import tracking
+from ..inference.evaluation import evaluate_model
+from ..keras_compat import build_train_step
+from ..outputs import tracking
 from .callbacks import (
     EpochTimer,
     PaddedValidationLoss,
@@ -36,10 +38,9 @@ from .callbacks import (
 )
 from .distribute import Placement, place
 from .ema import AverageSwap
-from .evaluation import evaluate_model
 from .losses import loss_and_metrics
 from .optimizers import CarriedAdam, make_optimizer
-from .run_folder import (
+from ..outputs.run_folder import (
     BACKUP,
     CHECKPOINT,
     CONFIG,
@@ -57,10 +58,18 @@ from .run_folder import (
 )
 from .schedules import LearningRateLogger, run_schedule
 
-if TYPE_CHECKING:
-    from .kinds import Kind
-
 log = logging.getLogger(__name__)
+
+
+class Kind(Protocol):
+    """What the loop asks of a kind of run (training.kinds.Kind is one): the model, its stages, extras."""
+
+    def run_name(self, config: TrainConfig) -> str: ...
+    def build_model(self, config: TrainConfig, num_classes: int) -> keras.Model: ...
+    def plan_stages(self, model: keras.Model, config: TrainConfig) -> list[Stage]: ...
+    def callbacks(self, model: keras.Model) -> list: ...
+    def metrics(self, model: keras.Model, stages: list[Stage]) -> dict: ...
+    def rate_factors(self, model: keras.Model, config: TrainConfig) -> dict: ...
 
 
 class TrainingDiverged(RuntimeError):
@@ -105,10 +114,10 @@ def compile_model(model: keras.Model, config: TrainConfig, optimizer: CarriedAda
         jit_compile={"auto": "auto", "on": True, "off": False}[config.jit_compile],
     )
     # Built now (a LossScaleOptimizer's own variables too), not in the first trace, where TensorFlow would create
-    # them and trace the step a second time. Keras builds this way itself (`_symbolic_build`) under tf.distribute.
+    # them and trace the step a second time.
     model.optimizer.build(model.trainable_variables)
     if batch_spec is not None:
-        model._symbolic_build(data_batch=batch_spec)
+        build_train_step(model, batch_spec)
 
 
 @contextlib.contextmanager
@@ -221,7 +230,7 @@ def finish_run(config: TrainConfig, kind: Kind, run_dir: Path, resuming: bool, p
         }
     )
     write_json(run_dir / METRICS, metrics)
-    log_to_wandb(fitted.wandb_run, metrics, pictures)
+    tracking.log_results(fitted.wandb_run, metrics, pictures)
     fitted.wandb_run.finish()
     shutil.rmtree(run_dir / BACKUP, ignore_errors=True)
     return run_dir, metrics
@@ -307,10 +316,3 @@ def fit_stages(config: TrainConfig, kind: Kind, run_dir: Path, resuming: bool, p
             if model.stop_training:
                 break
     return Fitted(model, stages, splits, wandb_run)
-
-
-def log_to_wandb(run, metrics: dict, pictures: dict) -> None:
-    flat = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-    flat.update({f"test_accuracy/{k}": v for k, v in metrics.get("per_class_test_accuracy", {}).items() if v is not None})
-    run.summary.update(flat)
-    run.log({name: wandb.Image(str(path)) for name, path in pictures.items()})

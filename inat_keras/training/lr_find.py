@@ -27,7 +27,7 @@ from ..data.pipeline import make_dataset, steps_per_epoch  # noqa: E402
 from ..errors import ConfigError  # noqa: E402
 from ..files import write_json  # noqa: E402
 from .loop import compile_model, dtype_policy, prepare_splits  # noqa: E402
-from .run_folder import CONFIG, empty_output_dir  # noqa: E402
+from ..outputs.run_folder import CONFIG, empty_output_dir  # noqa: E402
 
 if TYPE_CHECKING:
     from .kinds import Kind

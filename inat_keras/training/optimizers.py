@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import keras
 from keras import ops
-from keras.src.utils.tracking import no_automatic_dependency_tracking  # what Keras's own optimizers use
 
-from ..models.strategies import sublayers
+from ..keras_compat import OptimizerSlots, no_automatic_dependency_tracking, sublayers
 
 
-class RecipeUpdates:
+class RecipeUpdates(OptimizerSlots):
     """Mixin for a Keras optimizer: per-variable rate factors (by variable path; 1 elsewhere) and decoupled
     weight decay on the variables that `exclude_from_weight_decay` leaves in."""
 
@@ -41,14 +40,14 @@ class RecipeUpdates:
         if self.built:
             return
         super().build(variables)
-        self._factors = {self._var_key(v): float(self.rate_factors.get(v.path, 1.0)) for v in variables}
+        self.factors = {self.slot_key(v): float(self.rate_factors.get(v.path, 1.0)) for v in variables}
 
     def decay_and_scale(self, variable, learning_rate):
         """The variable's own rate; its decoupled decay applied with that rate (first, as torch's AdamW)."""
-        factor = self._factors[self._var_key(variable)]
+        factor = self.factors[self.slot_key(variable)]
         if factor != 1.0:
             learning_rate = ops.multiply(ops.cast(learning_rate, variable.dtype), factor)
-        if self.decoupled_weight_decay and self._use_weight_decay(variable):
+        if self.decoupled_weight_decay and self.decays(variable):
             decay = ops.multiply(ops.cast(learning_rate, variable.dtype), self.decoupled_weight_decay)
             self.assign_sub(variable, ops.multiply(variable, decay))
         return learning_rate
@@ -81,8 +80,8 @@ class CarriedAdam(RecipeUpdates, keras.optimizers.Optimizer):
             return
         super().build(variables)
         self.candidates = list(variables)
-        self.candidate_averages = list(getattr(self, "_model_variables_moving_average", []))
-        self.candidate_slots = {self._var_key(v): i for i, v in enumerate(variables)}
+        self.candidate_averages = self.built_averages()
+        self.candidate_slots = {self.slot_key(v): i for i, v in enumerate(variables)}
         self.first_moments = [self.add_variable_from_reference(v, "m") for v in variables]
         self.second_moments = [self.add_variable_from_reference(v, "v") for v in variables]
         self.steps = [self.add_variable((), initializer="zeros", dtype="float32", name=f"step_{i}") for i, _ in enumerate(variables)]
@@ -91,28 +90,27 @@ class CarriedAdam(RecipeUpdates, keras.optimizers.Optimizer):
     def activate(self, trainable) -> None:
         """The variables that train from now on: each must be a candidate; their state carries on."""
         trainable = list(trainable)
-        unknown = [v.path for v in trainable if self._var_key(v) not in self.candidate_slots]
+        unknown = [v.path for v in trainable if self.slot_key(v) not in self.candidate_slots]
         if unknown:
             raise ValueError(f"CarriedAdam holds no state for {unknown[:3]}: it was made for other variables")
-        # Keras applies gradients to the list the optimizer was built with, looked up by these two
-        # attributes: pointing them at the active variables (and their candidate slots) is the whole trick.
-        self._trainable_variables = trainable
-        self._trainable_variables_indices = {self._var_key(v): self.candidate_slots[self._var_key(v)] for v in trainable}
-        if self.use_ema:  # Keras pairs the average list with the trainable list by position
-            self._model_variables_moving_average = [self.candidate_averages[self._get_variable_index(v)] for v in trainable]
+        # Keras applies gradients to the variables the optimizer was built with: pointing it at the active ones (and
+        # their candidate slots) is the whole trick. Keras pairs the average list with the trainable list by position.
+        slots = {self.slot_key(v): self.candidate_slots[self.slot_key(v)] for v in trainable}
+        averages = [self.candidate_averages[slots[self.slot_key(v)]] for v in trainable] if self.use_ema else None
+        self.train_only(trainable, slots, averages)
 
-    def _update_model_variables_moving_average(self, trainable_variables):
+    def update_averages(self, trainable_variables):
         """Keras starts every average at the optimizer's first step; here each variable's starts at its own
         first step (a unit unfrozen later would otherwise average from zero)."""
         for variable in trainable_variables:
-            slot = self._get_variable_index(variable)
+            slot = self.slot_of(variable)
             average, step = self.candidate_averages[slot], self.steps[slot]
             momentum = ops.multiply(ops.cast(ops.greater(step, 1.0), variable.dtype), self.ema_momentum)
             self.assign(average, ops.add(ops.multiply(momentum, average), ops.multiply(ops.subtract(1.0, momentum), variable)))
 
     def update_step(self, gradient, variable, learning_rate):
         learning_rate = self.decay_and_scale(variable, learning_rate)
-        slot = self._get_variable_index(variable)
+        slot = self.slot_of(variable)
         m, v, step = self.first_moments[slot], self.second_moments[slot], self.steps[slot]
         gradient = ops.cast(gradient, variable.dtype)
         lr = ops.cast(learning_rate, variable.dtype)

@@ -24,6 +24,7 @@ from keras import ops
 
 from ..config import LR_SCHEDULES as SHAPES
 from ..config import SCHEDULE_UNITS as UNITS
+from ..keras_compat import last_rate
 
 ONE_CYCLE_START = 1 / 25  # torch OneCycleLR's div_factor
 ONE_CYCLE_WARMUP = 0.3  # torch OneCycleLR's pct_start
@@ -78,15 +79,6 @@ def run_schedule(config, steps_per_epoch: int, start_step: int = 0) -> RunSchedu
         return float(config.learning_rate)
     return RunSchedule(config.learning_rate, config.lr_schedule, config.epochs, steps_per_epoch, config.warmup_epochs,
                        config.min_lr_fraction, config.schedule_unit, start_step)  # fmt: skip
-
-
-def last_rate(optimizer) -> float:
-    """The rate of the optimizer's last step (of the epoch that just ended): the schedule at iterations - 1."""
-    inner = getattr(optimizer, "inner_optimizer", optimizer)  # a LossScaleOptimizer's
-    schedule = inner._learning_rate  # Keras keeps the schedule object here; `learning_rate` is the next step's
-    if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
-        return float(ops.convert_to_numpy(schedule(ops.maximum(inner.iterations - 1, 0))))
-    return float(ops.convert_to_numpy(inner.learning_rate))
 
 
 class LearningRateLogger(keras.callbacks.Callback):

@@ -13,80 +13,18 @@ from PIL import Image
 
 from ..analysis import errors
 from ..analysis.plots import grid_indices, plot_confusion, plot_predictions, plot_reliability, plot_top_losses
-from ..data.cache import tagged
-from ..data.decode import exif_orientation
 from ..data.splits import Split
 from ..errors import DataError
 from ..files import write_text
-from . import tracking
-from .run_folder import PREDICTIONS
+from ..outputs import tracking
+from ..outputs.run_folder import PREDICTIONS
+from .checkpoint import predict_logits, runs_eagerly, unpadded
 
-EAGER_LIMIT = 32  # TensorFlow runs at most this many images op by op (runs_eagerly says why)
 TOP_K = 3  # classes per image in predictions.csv and the W&B table
 TOP_LOSSES = 12  # images in top_losses.png
 THUMBNAIL = 128  # largest side of the W&B table's pictures, in pixels
 PICTURES = ("confusion_matrix", "predictions_grid", "top_losses", "reliability_diagram")  # NAME.png in the folder
 TTA_METHOD = "mean softmax of each image and its horizontal mirror"
-
-
-def image_shape(model: keras.Model) -> tuple[int, int]:
-    """(size, channels) that the model's input expects."""
-    _, height, _, channels = model.input_shape
-    return int(height), int(channels)
-
-
-def load_images(paths: list[str], size: int, channels: int) -> np.ndarray:
-    """Files as the model sees them, upright by their EXIF orientation."""
-    return split_images(Split(paths, [0] * len(paths), {p: exif_orientation(p) for p in paths}), size, channels)
-
-
-def split_images(split: Split, size: int, channels: int) -> np.ndarray:
-    """A split's images as the model sees them, from files or from TFDS records, in the split's order."""
-    if not len(split):
-        return np.zeros((0, size, size, channels), np.uint8)
-    return np.stack([x for _, x, _ in tagged(split, size, channels).as_numpy_iterator()])
-
-
-def runs_eagerly(images: int) -> bool:
-    """TensorFlow runs a few images op by op: tracing a predict function costs more than the whole call
-    (EfficientNetV2-S, 2 images at 32 px on CPU: 0.7 s eager, 4.7 s traced). JAX always runs the jitted
-    predict step: op by op it compiles every operation on its own (a tiny CNN's first call: 5.7 s, jitted 0.5 s)."""
-    return keras.backend.backend() == "tensorflow" and images <= EAGER_LIMIT
-
-
-def forward(model: keras.Model, images: np.ndarray, eager: bool, batch_size: int = 0) -> np.ndarray:
-    """Logits of one batch, in inference mode. Compiled, a batch shorter than `batch_size` is padded with black
-    images to that size, so that the predict step compiles once, and their rows are cut off."""
-    if eager:
-        return keras.ops.convert_to_numpy(model(keras.ops.convert_to_tensor(images), training=False))
-    count = len(images)
-    if count < batch_size:
-        images = np.concatenate([images, np.zeros((batch_size - count, *images.shape[1:]), images.dtype)])
-    return np.asarray(model.predict_on_batch(images))[:count]
-
-
-def predict_logits(model: keras.Model, dataset: tf.data.Dataset, flip: bool = False, eager: bool = False):
-    """(logits, labels) of every image of `dataset`, in its order; of each image's horizontal mirror with
-    `flip`. Batches are (images, labels) or (images, labels, weights), whose zero-weight padding
-    (data.pipeline.padded) is dropped. Compiled (not `eager`), a short last batch is padded to the first
-    batch's size (`forward`)."""
-    logits, labels, size = [], [], None
-    for x, y, padded_size in unpadded(dataset):
-        size = size or padded_size
-        if flip:
-            x = np.ascontiguousarray(x[:, :, ::-1])
-        logits.append(forward(model, x, eager, size))
-        labels.append(y)
-    return np.concatenate(logits).astype(np.float32), np.concatenate(labels)
-
-
-def unpadded(dataset: tf.data.Dataset):
-    """(images, labels, batch size before) per batch, without the zero-weight padding of (x, y, weight) batches."""
-    for x, y, *weights in dataset.as_numpy_iterator():
-        size = len(x)
-        if weights:
-            x, y = x[weights[0] > 0], y[weights[0] > 0]
-        yield x, y, size
 
 
 def gather_images(dataset: tf.data.Dataset, indices) -> np.ndarray:

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 RUNS_DIR = Path("runs")
 CHECKPOINT, PARTIAL_CHECKPOINT = "model.keras", "model.partial.keras"
 CHECKPOINT_RECORD = "checkpoint.json"  # which epoch model.keras holds
-PREDICTIONS = "predictions.csv"  # one row per test image, from every final run and evaluate (training.evaluation)
+PREDICTIONS = "predictions.csv"  # one row per test image, from every final run and evaluate (inference.evaluation)
 HISTORY, METRICS, SPLIT, CONFIG, BACKUP, WANDB_ID = (
     "history.csv", "metrics.json", "split.json", "config.yaml", "backup", "wandb_id.txt",
 )  # fmt: skip

@@ -15,8 +15,8 @@ import wandb
 from wandb.integration.keras import WandbMetricsLogger
 
 from ..errors import ConfigError
+from ..keras_compat import LoggedRate
 from .run_folder import METRIC_GOALS, best_value
-from .schedules import last_rate
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ def start_run(config: dict, run_dir: Path, mode: str, project: str, group: str |
     return run
 
 
-class MetricsLogger(WandbMetricsLogger):
+class MetricsLogger(LoggedRate, WandbMetricsLogger):
     """WandbMetricsLogger that also logs the validation metrics (METRIC_GOALS) by their plain names, with
     the run summary holding the best epoch's value (what a sweep's `metric.name` reads), and logs the
     learning rate of the epoch's last step (as history.csv; also under JAX).
@@ -129,9 +129,6 @@ class MetricsLogger(WandbMetricsLogger):
         super().on_epoch_end(epoch + 1, logs)  # epochs from 1, as on the console and in history.csv
         wandb.run.summary.update({name: value for name, value in best.items() if value is not None})
 
-    def _get_lr(self):
-        return last_rate(self.model.optimizer)  # the rate history.csv logs (schedules.LearningRateLogger)
-
 
 def logs_to_wandb(run) -> bool:
     """Whether `run` records anything (a disabled run is W&B's no-op stand-in)."""
@@ -139,9 +136,17 @@ def logs_to_wandb(run) -> bool:
 
 
 def predictions_table(images, rows: list[dict]) -> wandb.Table:
-    """One row per test image: the picture, then the columns of predictions.csv (training.evaluation)."""
+    """One row per test image: the picture, then the columns of predictions.csv (inference.evaluation)."""
     columns = list(rows[0]) if rows else []
     table = wandb.Table(columns=["image", *columns])
     for image, row in zip(images, rows):
         table.add_data(wandb.Image(image), *row.values())
     return table
+
+
+def log_results(run, metrics: dict, pictures: dict) -> None:
+    """A finished run's figures into the W&B summary (per-class accuracies by name) and its pictures as images."""
+    flat = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    flat.update({f"test_accuracy/{k}": v for k, v in metrics.get("per_class_test_accuracy", {}).items() if v is not None})
+    run.summary.update(flat)
+    run.log({name: wandb.Image(str(path)) for name, path in pictures.items()})
