@@ -161,6 +161,17 @@ def jax_started() -> bool:
     return xla_bridge.backends_are_initialized()
 
 
+def wandb_credentials(base_url: str) -> bool:
+    """Whether W&B has a key for this server (the environment, its .netrc entry for that host, its settings), found
+    as W&B itself finds it but without its interactive prompt: W&B offers that lookup only inside its login code."""
+    from wandb.sdk.lib import wbauth
+
+    try:
+        return wbauth.authenticate_session(host=base_url, source="inat-keras", prompt=False, update_session=False) is not None
+    except Exception:  # a key in a format W&B refuses counts as none
+        return False
+
+
 def keep_builder_argument(builder, name: str, value) -> None:
     """TFDS rebuilds a pickled builder (multiprocessing) from its constructor arguments, kept in a private dict."""
     builder._original_state[name] = value

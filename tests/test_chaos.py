@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from inat_keras.data.pipeline import make_dataset
-from inat_keras.data.splits import splits_from_record
+from inat_keras.data.split_record import splits_from_record
 from inat_keras.config import ScratchConfig, load_config
 from inat_keras.models import layers  # noqa: F401  (registers the CNN's layers for loading)
 from inat_keras.outputs.run_folder import read_checkpoint_record, read_history

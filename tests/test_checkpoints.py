@@ -4,7 +4,6 @@ import errno
 import os
 
 import keras
-import pytest
 
 from inat_keras.cli import main
 from inat_keras.outputs.run_folder import read_checkpoint_record, read_history

@@ -12,9 +12,7 @@ from inat_keras.errors import DataError
 from inat_keras.serving.compare import compare_runs
 from inat_keras.inference.evaluation import prediction_rows, write_predictions
 
-from conftest import CLASSES
-
-NAMES = list(CLASSES)
+NAMES = ["cat", "dog", "owl"]  # the classes of the hand-written predictions below (the messages tested name them)
 
 
 def write_run(folder, labels, predicted, paths=None):

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest import tiny_cnn_values
 from inat_keras.cli import main
 from inat_keras.config import ScratchConfig, build_config, load_config
 
@@ -68,6 +67,6 @@ def test_a_read_only_output_folder_is_one_line(capsys, tmp_path, monkeypatch):
     assert str(locked / "run") in line and "Permission denied" in line
 
 
-def test_unknown_and_mistyped_options_are_refused_by_name():
+def test_unknown_and_mistyped_options_are_refused_by_name(tiny_cnn_options):
     with pytest.raises(ValueError, match="unknown option"):
-        build_config(ScratchConfig, {**tiny_cnn_values(), "learning_rat": 0.1})
+        build_config(ScratchConfig, {**tiny_cnn_options, "learning_rat": 0.1})

@@ -5,7 +5,6 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from conftest import tiny_cnn_values
 from inat_keras.config import ScratchConfig, build_config
 from inat_keras.data import cache
 from inat_keras.data.crops import random_resized_crops, train_image_size
@@ -43,9 +42,9 @@ def stripes_folder(root, size=64):
     return root
 
 
-def test_crops_come_from_the_larger_decode_and_evaluation_keeps_the_plain_squash(tmp_path, monkeypatch):
+def test_crops_come_from_the_larger_decode_and_evaluation_keeps_the_plain_squash(tmp_path, monkeypatch, tiny_cnn_options):
     folder = stripes_folder(tmp_path / "stripes")
-    values = {**tiny_cnn_values(), "crop_min_area": 0.2, "crop_decode_scale": 2.0, "val_fraction": 0.0, "batch_size": 4}
+    values = {**tiny_cnn_options, "crop_min_area": 0.2, "crop_decode_scale": 2.0, "val_fraction": 0.0, "batch_size": 4}
     config = build_config(ScratchConfig, values)
     assert train_image_size(config) == 64
     # the memory budget sees the larger decode: 8 training images at 64x64 do not fit, the test images at 32 do

@@ -12,34 +12,32 @@ from inat_keras.data.pipeline import make_dataset
 from inat_keras.data.splits import dataset_root, load_splits
 from inat_keras.errors import DataError
 
-from conftest import CLASSES, write_image_folder
 
-
-def test_split_is_stratified_disjoint_and_reproducible(tmp_path):
-    root = write_image_folder(tmp_path, {"train": 20, "val": 3})
+def test_split_is_stratified_disjoint_and_reproducible(tmp_path, make_image_folder, class_names):
+    root = make_image_folder(tmp_path, {"train": 20, "val": 3})
     a = load_splits(root, 0.25, seed=1)
     b = load_splits(root, 0.25, seed=1)
     c = load_splits(root, 0.25, seed=2)
     assert a.train.paths == b.train.paths and a.val.paths == b.val.paths
     assert set(a.val.paths) != set(c.val.paths)
     assert not set(a.train.paths) & set(a.val.paths)
-    assert len(a.train) + len(a.val) == 20 * len(CLASSES)
+    assert len(a.train) + len(a.val) == 20 * len(class_names)
     assert np.bincount(a.val.labels).tolist() == [5, 5, 5]
-    assert all("/val/" in p for p in a.test.paths) and len(a.test) == 3 * len(CLASSES)
+    assert all("/val/" in p for p in a.test.paths) and len(a.test) == 3 * len(class_names)
     assert not any("/val/" in p for p in a.train.paths + a.val.paths)
 
 
-def test_parent_folder_with_inaturalist_12k_is_found(tmp_path):
-    write_image_folder(tmp_path / "inaturalist_12K", {"train": 2, "val": 1})
+def test_parent_folder_with_inaturalist_12k_is_found(tmp_path, make_image_folder):
+    make_image_folder(tmp_path / "inaturalist_12K", {"train": 2, "val": 1})
     assert dataset_root(tmp_path) == tmp_path / "inaturalist_12K"
 
 
-def test_missing_and_malformed_folders_are_refused(tmp_path):
+def test_missing_and_malformed_folders_are_refused(tmp_path, make_image_folder):
     with pytest.raises(DataError, match="not found"):
         dataset_root(tmp_path / "nowhere")
     with pytest.raises(DataError, match="train/ and val/"):
         dataset_root(tmp_path)
-    root = write_image_folder(tmp_path / "d", {"train": 2, "val": 1})
+    root = make_image_folder(tmp_path / "d", {"train": 2, "val": 1})
     (root / "train" / "emu").mkdir()
     with pytest.raises(DataError, match="emu holds no images"):
         load_splits(root, 0.5, 0)
@@ -49,8 +47,8 @@ def test_missing_and_malformed_folders_are_refused(tmp_path):
         load_splits(root, 0.5, 0)
 
 
-def test_corrupt_files_are_skipped_and_named(tmp_path, caplog):
-    root = write_image_folder(tmp_path, {"train": 6, "val": 2})
+def test_corrupt_files_are_skipped_and_named(tmp_path, caplog, make_image_folder):
+    root = make_image_folder(tmp_path, {"train": 6, "val": 2})
     good = (root / "train" / "cat" / "cat_000.jpg").read_bytes()
     (root / "train" / "cat" / "truncated.jpg").write_bytes(good[: len(good) // 3])
     (root / "val" / "dog" / "garbage.png").write_bytes(b"not an image at all")
@@ -148,8 +146,8 @@ def _move_away(folder):
 
 
 @pytest.mark.parametrize("cache", ["memory", "disk"])
-def test_cached_epochs_read_no_files(tmp_path, cache):
-    root = write_image_folder(tmp_path / "data", {"train": 6, "val": 1})
+def test_cached_epochs_read_no_files(tmp_path, cache, make_image_folder):
+    root = make_image_folder(tmp_path / "data", {"train": 6, "val": 1})
     config = build_config(ScratchConfig, {"image_size": 24, "batch_size": 4, "augment": False})
     splits = load_splits(root, 0.3, 0)
     expected = np.stack([decode_resize(p, 24, 3).numpy() for p in splits.val.paths]).astype(np.float32)
@@ -164,10 +162,10 @@ def test_cached_epochs_read_no_files(tmp_path, cache):
     assert labels.tolist() == splits.val.labels
 
 
-def test_disk_cache_is_named_by_size_channels_and_file_content(tmp_path):
+def test_disk_cache_is_named_by_size_channels_and_file_content(tmp_path, make_image_folder):
     from inat_keras.data.cache import CACHE_HOME, cache_key
 
-    root = write_image_folder(tmp_path / "data", {"train": 4, "val": 1})
+    root = make_image_folder(tmp_path / "data", {"train": 4, "val": 1})
     splits = load_splits(root, 0.5, 0)
     key = cache_key(splits.train, 24, 3)
     assert key != cache_key(splits.train, 32, 3) and key != cache_key(splits.train, 24, 1)
@@ -183,11 +181,11 @@ def test_disk_cache_is_named_by_size_channels_and_file_content(tmp_path):
     assert np.array_equal(images[0], decode_resize(changed, 24, 3).numpy().astype(np.float32))
 
 
-def test_an_interrupted_disk_cache_is_never_read_and_a_file_that_broke_is_named(tmp_path):
+def test_an_interrupted_disk_cache_is_never_read_and_a_file_that_broke_is_named(tmp_path, make_image_folder):
     from inat_keras.data.cache import CACHE_HOME, cache_key
     from inat_keras.data.splits import Split
 
-    root = write_image_folder(tmp_path / "data", {"train": 4, "val": 1})
+    root = make_image_folder(tmp_path / "data", {"train": 4, "val": 1})
     paths = sorted(str(p) for p in (root / "train").rglob("*.jpg"))
     good = Path(paths[-1]).read_bytes()
     Path(paths[-1]).write_bytes(good[:100])  # a file of a checked split that broke since
@@ -207,10 +205,10 @@ def test_an_interrupted_disk_cache_is_never_read_and_a_file_that_broke_is_named(
     assert np.array_equal(images, np.stack([decode_resize(p, 24, 3).numpy() for p in paths]).astype(np.float32))
 
 
-def test_auto_cache_uses_the_disk_when_memory_is_short(tmp_path, monkeypatch):
+def test_auto_cache_uses_the_disk_when_memory_is_short(tmp_path, monkeypatch, make_image_folder):
     import inat_keras.data.cache as data
 
-    root = write_image_folder(tmp_path / "data", {"train": 4, "val": 1})
+    root = make_image_folder(tmp_path / "data", {"train": 4, "val": 1})
     splits = load_splits(root, 0.5, 0)
     config = build_config(ScratchConfig, {"image_size": 24, "batch_size": 4, "augment": False})
     folder = data.CACHE_HOME / "decoded" / data.cache_key(splits.train, 24, 3)
@@ -222,8 +220,8 @@ def test_auto_cache_uses_the_disk_when_memory_is_short(tmp_path, monkeypatch):
     assert folder.is_dir()
 
 
-def test_augmentation_differs_every_epoch_over_the_disk_cache(tmp_path):
-    root = write_image_folder(tmp_path / "data", {"train": 6, "val": 1})
+def test_augmentation_differs_every_epoch_over_the_disk_cache(tmp_path, make_image_folder):
+    root = make_image_folder(tmp_path / "data", {"train": 6, "val": 1})
     config = build_config(ScratchConfig, {"image_size": 24, "batch_size": 4, "augment": True, "rotation": 0.1,
                                           "augment_on": "host"})
     splits = load_splits(root, 0.3, 0)

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import write_image_folder
 from inat_keras.data.decode import BACKGROUND, decode_resize
-from inat_keras.data.splits import load_splits, splits_from_record
+from inat_keras.data.splits import load_splits
+from inat_keras.data.split_record import splits_from_record
 from inat_keras.errors import DataError
 
 
@@ -21,8 +21,8 @@ def photo(width=800, height=600, seed=0) -> Image.Image:
     return Image.fromarray(pixels)
 
 
-def test_every_supported_format_and_nested_folder_is_used(tmp_path, caplog):
-    root = write_image_folder(tmp_path / "data", {"train": 4, "val": 2})
+def test_every_supported_format_and_nested_folder_is_used(tmp_path, caplog, make_image_folder):
+    root = make_image_folder(tmp_path / "data", {"train": 4, "val": 2})
     cat = root / "train" / "cat"
     for fmt in ("gif", "bmp", "webp"):
         photo(64, 48).save(cat / f"extra.{fmt}")
@@ -41,8 +41,8 @@ def test_every_supported_format_and_nested_folder_is_used(tmp_path, caplog):
     assert again.train.labels == splits.train.labels
 
 
-def test_exif_orientation_is_applied_everywhere(tmp_path):
-    root = write_image_folder(tmp_path / "data", {"train": 4, "val": 2})
+def test_exif_orientation_is_applied_everywhere(tmp_path, make_image_folder):
+    root = make_image_folder(tmp_path / "data", {"train": 4, "val": 2})
     path = root / "train" / "cat" / "phone.jpg"
     exif = Image.Exif()
     exif[0x0112] = 6  # stored sideways: turn 90 degrees clockwise to view
@@ -89,11 +89,11 @@ def test_a_split_too_small_to_stratify_is_one_clear_error(tmp_path, per_class, f
         load_splits(root, fraction, 0)
 
 
-def test_a_disk_cached_split_shuffles_in_bounded_memory(tmp_path):
+def test_a_disk_cached_split_shuffles_in_bounded_memory(tmp_path, make_image_folder):
     from inat_keras.config import ScratchConfig, build_config
     from inat_keras.data.pipeline import make_dataset
 
-    root = write_image_folder(tmp_path / "data", {"train": 20, "val": 1})
+    root = make_image_folder(tmp_path / "data", {"train": 20, "val": 1})
     splits = load_splits(root, 0.0, 0)
     config = build_config(ScratchConfig, {"image_size": 16, "batch_size": 5, "augment": False, "cache": "disk",
                                           "shuffle_buffer": 8})  # fmt: skip

@@ -7,7 +7,6 @@ import pytest
 import tensorflow as tf
 from scipy.stats import ks_2samp
 
-from conftest import tiny_cnn_values
 from inat_keras.config import ScratchConfig, build_config
 from inat_keras.data.augment import Augment, AugmentSpec, DeviceAugment
 from inat_keras.training.kinds import KINDS
@@ -94,8 +93,8 @@ def test_device_augmentation_compiles_into_the_training_step():
     assert int(keras.ops.convert_to_numpy(model.get_layer("augment").steps)) == 3
 
 
-def test_a_checkpoint_predicts_as_the_same_weights_without_augmentation(image_folder, tmp_path):
-    values = {**tiny_cnn_values(), "data_dir": str(image_folder), "output_dir": str(tmp_path / "run"), "rotation": 0.1}
+def test_a_checkpoint_predicts_as_the_same_weights_without_augmentation(image_folder, tmp_path, tiny_cnn_options):
+    values = {**tiny_cnn_options, "data_dir": str(image_folder), "output_dir": str(tmp_path / "run"), "rotation": 0.1}
     config = build_config(ScratchConfig, values)
     run_dir, metrics = KINDS["scratch"].train(config)
     saved = keras.models.load_model(run_dir / "model.keras")
@@ -111,29 +110,27 @@ def test_a_checkpoint_predicts_as_the_same_weights_without_augmentation(image_fo
 
 
 @pytest.mark.parametrize("place", ["host", "device"])
-def test_the_pipeline_augments_only_where_the_config_says(image_folder, place):
+def test_the_pipeline_augments_only_where_the_config_says(image_folder, tiny_cnn_options, place):
     from inat_keras.data.pipeline import make_dataset
     from inat_keras.data.splits import load_splits
 
-    config = build_config(ScratchConfig, {**tiny_cnn_values(), "augment_on": place, "rotation": 0.2})
+    config = build_config(ScratchConfig, {**tiny_cnn_options, "augment_on": place, "rotation": 0.2})
     train = load_splits(image_folder, 0.3, 0).train
-    plain = build_config(ScratchConfig, {**tiny_cnn_values(), "augment": False})
+    plain = build_config(ScratchConfig, {**tiny_cnn_options, "augment": False})
     fed = np.concatenate([x.numpy() for x, _ in make_dataset(train, config, training=True)])
     raw = np.concatenate([x.numpy() for x, _ in make_dataset(train, plain, training=True)])
     assert np.array_equal(np.sort(fed.ravel()), np.sort(raw.ravel())) == (place == "device")
 
 
-def test_a_resumed_run_continues_the_device_draws(image_folder, tmp_path):
+def test_a_resumed_run_continues_the_device_draws(image_folder, tmp_path, tiny_cnn_options, interrupt):
     """The counter comes back from the backup: epoch 2 after a resume draws what it would have drawn."""
     import dataclasses
 
-    from conftest import Interrupt
-
-    values = {**tiny_cnn_values(), "data_dir": str(image_folder), "val_fraction": 0.0, "rotation": 0.1}
+    values = {**tiny_cnn_options, "data_dir": str(image_folder), "val_fraction": 0.0, "rotation": 0.1}
     whole, metrics = KINDS["scratch"].train(build_config(ScratchConfig, {**values, "output_dir": str(tmp_path / "a")}))
     resumed = build_config(ScratchConfig, {**values, "output_dir": str(tmp_path / "b")})
     with pytest.raises(KeyboardInterrupt):
-        dataclasses.replace(KINDS["scratch"], callbacks=lambda model: [Interrupt(1)]).train(resumed)
+        dataclasses.replace(KINDS["scratch"], callbacks=lambda model: [interrupt(1)]).train(resumed)
     KINDS["scratch"].train(resumed)
     counters = [keras.models.load_model(d / "model.keras").get_layer("augment").steps for d in (whole, tmp_path / "b")]
     steps_per_epoch = -(-metrics["train_images"] // 8)

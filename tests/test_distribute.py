@@ -11,7 +11,6 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import tiny_cnn_values, write_image_folder
 from inat_keras.models import layers  # noqa: F401  (registers the CNN layers for loading)
 from inat_keras.outputs import run_folder
 from inat_keras.training import distribute, loop
@@ -34,11 +33,11 @@ def run_script(*configs: dict, env: dict | None = None) -> list[dict]:
     return [json.loads(line[len("RESULT "):]) for line in done.stdout.splitlines() if line.startswith("RESULT ")]
 
 
-def test_data_parallel_on_two_devices_matches_one_device(tmp_path):
+def test_data_parallel_on_two_devices_matches_one_device(tmp_path, make_image_folder, tiny_cnn_options):
     # 18 training images: three global batches of 6 (3 per device); 9 validation images: the last batch
     # is padded on two devices. No augmentation or dropout, whose random streams differ per device.
-    data = write_image_folder(tmp_path / "data", {"train": 9, "val": 3})
-    base = {**tiny_cnn_values(), "data_dir": str(data), "augment": False, "val_fraction": 1 / 3, "epochs": 2}
+    data = make_image_folder(tmp_path / "data", {"train": 9, "val": 3})
+    base = {**tiny_cnn_options, "data_dir": str(data), "augment": False, "val_fraction": 1 / 3, "epochs": 2}
     runs = {}
     for norm in (False, True):  # batch norm: statistics of the global batch on both devices
         runs[norm, 1] = {**base, "batch_norm": norm, "batch_size": 6, "distribute": "none"}
@@ -67,8 +66,8 @@ def test_data_parallel_on_two_devices_matches_one_device(tmp_path):
         np.testing.assert_allclose(w2, w1, rtol=1e-4, atol=1e-6)
 
 
-def test_gradual_unfreezing_recompiles_inside_the_distribution(tmp_path):
-    data = write_image_folder(tmp_path / "data", {"train": 4, "val": 2})
+def test_gradual_unfreezing_recompiles_inside_the_distribution(tmp_path, make_image_folder):
+    data = make_image_folder(tmp_path / "data", {"train": 4, "val": 2})
     values = {"kind": "finetune", "data_dir": str(data), "output_dir": str(tmp_path / "run"), "image_size": 32,
               "weights": "none", "strategy": "gradual", "epochs": 2, "unfreeze_every": 1, "unfreeze_step": 1,
               "batch_size": 2, "distribute": "data-parallel", "augment": False, "wandb": "disabled"}  # fmt: skip
@@ -83,11 +82,11 @@ def test_gradual_unfreezing_recompiles_inside_the_distribution(tmp_path):
     assert [int(float(r["trainable_params"])) for r in rows] == [s["trainable_params"] for s in schedule]
 
 
-def test_device_augmentation_on_two_devices_and_in_mixed_precision(tmp_path):
+def test_device_augmentation_on_two_devices_and_in_mixed_precision(tmp_path, make_image_folder, tiny_cnn_options):
     """Under JAX one compiled step augments the whole global batch: two devices draw what one does. Under
     tf.distribute each replica draws its own transforms; both must train, in float32 and bfloat16."""
-    data = write_image_folder(tmp_path / "data", {"train": 9, "val": 3})
-    base = {**tiny_cnn_values(), "data_dir": str(data), "val_fraction": 1 / 3, "epochs": 2, "rotation": 0.1,
+    data = make_image_folder(tmp_path / "data", {"train": 9, "val": 3})
+    base = {**tiny_cnn_options, "data_dir": str(data), "val_fraction": 1 / 3, "epochs": 2, "rotation": 0.1,
             "color_jitter": 0.2, "augment_on": "device"}  # fmt: skip
     runs = [{**base, "batch_size": 6, "distribute": "none"}, {**base, "batch_size": 3, "distribute": "data-parallel"},
             {**base, "batch_size": 3, "distribute": "data-parallel", "precision": "mixed_bfloat16"}]  # fmt: skip
@@ -105,14 +104,14 @@ def test_device_augmentation_on_two_devices_and_in_mixed_precision(tmp_path):
             assert float(b["loss"]) == pytest.approx(float(a["loss"]), rel=1e-5)
 
 
-def test_a_process_that_is_not_the_first_writes_nothing(image_folder, tmp_path, monkeypatch):
+def test_a_process_that_is_not_the_first_writes_nothing(image_folder, tmp_path, monkeypatch, tiny_cnn_options):
     monkeypatch.setattr(loop, "place", lambda mode: Placement("data-parallel", 1, process=1, processes=2))
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
     modes = []
     real_start = loop.tracking.start_run
     monkeypatch.setattr(loop.tracking, "start_run", lambda *a, **k: modes.append(a[2]) or real_start(*a, **k))
     out = tmp_path / "run"
-    config = build_config(ScratchConfig, {**tiny_cnn_values(), "data_dir": str(image_folder),
+    config = build_config(ScratchConfig, {**tiny_cnn_options, "data_dir": str(image_folder),
                                           "output_dir": str(out), "wandb": "offline", "epochs": 1})  # fmt: skip
     run_dir, metrics = KINDS["scratch"].train(config)
     assert (run_dir, metrics) == (out, {})
@@ -150,10 +149,10 @@ def test_placement_on_one_device_and_refusals(monkeypatch):
 
 
 @pytest.mark.skipif(keras.backend.backend() != "jax", reason="several processes train under JAX only (see training/distribute.py)")
-def test_two_processes_train_one_model_and_only_the_first_writes(tmp_path):
-    data = write_image_folder(tmp_path / "data", {"train": 9, "val": 3})
+def test_two_processes_train_one_model_and_only_the_first_writes(tmp_path, make_image_folder, tiny_cnn_options):
+    data = make_image_folder(tmp_path / "data", {"train": 9, "val": 3})
     out = tmp_path / "run"
-    values = {**tiny_cnn_values(), "data_dir": str(data), "augment": False, "val_fraction": 1 / 3,
+    values = {**tiny_cnn_options, "data_dir": str(data), "augment": False, "val_fraction": 1 / 3,
               "batch_size": 3, "output_dir": str(out)}  # fmt: skip
     with socket.socket() as s:
         s.bind(("localhost", 0))

@@ -268,16 +268,15 @@ def test_the_schedule_prints_lite0_units(capsys):
     assert "12,810  head" in out  # 1280 x 10 + 10
 
 
-def test_every_part_b_option_runs_on_lite0_and_its_checkpoint_serves(tmp_path):
+def test_every_part_b_option_runs_on_lite0_and_its_checkpoint_serves(tmp_path, make_image_folder):
     """Every Part B option at once on Lite0 with its ImageNet weights: gradual by stage units, the study's batch
     norm, one carried Adam, layer-wise rates, EMA and TTA; 2 epochs (2 stages) of colour images at 32 px."""
-    from conftest import write_image_folder
     from inat_keras.serving.explain import explain_checkpoint
     from inat_keras.serving.export import export_checkpoint
     from inat_keras.serving.predict import predict_images
     from inat_keras.serving.evaluate import evaluate_checkpoint
 
-    data = write_image_folder(tmp_path / "data", {"train": 10, "val": 4})
+    data = make_image_folder(tmp_path / "data", {"train": 10, "val": 4})
     config = build_config(FinetuneConfig, {
         "backbone": "efficientnet_lite0", "weights": "imagenet", "strategy": "gradual", "unfreeze_unit": "stage",
         "unfreeze_every": 1, "epochs": 2, "batch_norm_mode": "study", "optimizer_state": "carry", "backbone_lr": 0.5,

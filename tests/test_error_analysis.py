@@ -10,13 +10,12 @@ import numpy as np
 import pytest
 import wandb
 
-from conftest import CLASSES
 from inat_keras.analysis import errors
 from inat_keras.config import ScratchConfig, build_config
 from inat_keras.data.pipeline import make_dataset
 from inat_keras.data.splits import Split, list_images
 from inat_keras.serving.compare import compare_runs
-from inat_keras.training import evaluation
+from inat_keras.inference import checkpoint, evaluation
 from inat_keras.config import EvaluateOptions
 from inat_keras.serving.evaluate import evaluate_checkpoint
 from inat_keras.training.kinds import KINDS
@@ -127,13 +126,13 @@ def test_the_compiled_forward_pass_counts_every_test_image_once(image_folder):
     model = pooled_model(left_half_only=True)
     for even in (False, True):  # 12 images: batches 5, 5, 2 (even: + 3 zero-weight padding images)
         names, test, dataset = evaluation_set(image_folder, batch_size=5, even=even)
-        logits, labels = evaluation.predict_logits(model, dataset, eager=False)
+        logits, labels = checkpoint.predict_logits(model, dataset, eager=False)
         images = evaluation.gather_images(dataset, range(len(test))).astype("float32")
         assert labels.tolist() == test.labels and len(images) == 12
         assert logits == pytest.approx(keras.ops.convert_to_numpy(model(images, training=False)), abs=1e-4)
-        mirrored, _ = evaluation.predict_logits(model, dataset, flip=True, eager=False)
+        mirrored, _ = checkpoint.predict_logits(model, dataset, flip=True, eager=False)
         assert mirrored == pytest.approx(keras.ops.convert_to_numpy(model(images[:, :, ::-1].copy())), abs=1e-4)
-    assert images == pytest.approx(evaluation.split_images(test, 32, 3))  # the same pixels as the files give
+    assert images == pytest.approx(checkpoint.split_images(test, 32, 3))  # the same pixels as the files give
 
 
 class RecordingRun:
@@ -163,8 +162,8 @@ def test_tta_keeps_a_mirror_invariant_model_and_changes_a_mirror_sensitive_one(i
     assert all(isinstance(row[0], wandb.Image) for row in table.data)
 
     sensitive = pooled_model(True)
-    logits, labels = evaluation.predict_logits(sensitive, dataset)
-    flipped, _ = evaluation.predict_logits(sensitive, dataset, flip=True)
+    logits, labels = checkpoint.predict_logits(sensitive, dataset)
+    flipped, _ = checkpoint.predict_logits(sensitive, dataset, flip=True)
     metrics = evaluation.test_metrics(logits, labels, names, flipped)
     assert abs(metrics["tta_test_loss"] - metrics["test_loss"]) > 1e-4
     plain = evaluation.test_metrics(logits, labels, names)
@@ -184,7 +183,7 @@ def read_csv(path):
         return list(csv.DictReader(f))
 
 
-def test_a_final_run_and_evaluate_write_the_error_analysis(image_folder, tmp_path, tiny_cnn_options):
+def test_a_final_run_and_evaluate_write_the_error_analysis(image_folder, tmp_path, tiny_cnn_options, class_names):
     config = build_config(ScratchConfig, {**tiny_cnn_options, "data_dir": str(image_folder),
                                           "output_dir": str(tmp_path / "run"), "tta": True})  # fmt: skip
     run_dir, metrics = KINDS["scratch"].train(config)
@@ -196,7 +195,7 @@ def test_a_final_run_and_evaluate_write_the_error_analysis(image_folder, tmp_pat
     assert len(rows) == len(split["test"]) == 12
     assert list(rows[0]) == ["path", "true_class", "predicted_class", "top1_class", "top1_probability", "top2_class",
                              "top2_probability", "top3_class", "top3_probability", "loss"]  # fmt: skip
-    assert {r["true_class"] for r in rows} == set(CLASSES)
+    assert {r["true_class"] for r in rows} == set(class_names)
     correct = [r["true_class"] == r["predicted_class"] for r in rows]
     assert saved["test_accuracy"] == pytest.approx(np.mean(correct))
     assert saved["test_loss"] == pytest.approx(np.mean([float(r["loss"]) for r in rows]), rel=1e-4)

@@ -14,7 +14,6 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from conftest import Interrupt, tiny_cnn_values
 from inat_keras.cli import main
 from inat_keras.config import FinetuneConfig, ScratchConfig, build_config, load_config, shipped_config
 from inat_keras.data.augment import STUDY, Augment, AugmentSpec, device_augment
@@ -60,6 +59,7 @@ def independent_unit_params() -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def model():
+    keras.utils.set_random_seed(0)
     return build_finetune_model(FinetuneArchitecture.of(finetune_config()), 10)
 
 
@@ -194,10 +194,10 @@ def test_gradual_fine_tuning_carries_one_adam_through_fit(image_folder, tmp_path
 # ---- Part A ---------------------------------------------------------------------------------------------
 
 
-def test_the_cnn_normalises_like_the_study_and_drops_whole_channels():
+def test_the_cnn_normalises_like_the_study_and_drops_whole_channels(tiny_cnn_options):
     from inat_keras.models.cnn import CnnArchitecture, build_cnn
 
-    network = build_cnn(CnnArchitecture.of(build_config(ScratchConfig, {**tiny_cnn_values(), "dropout": 0.5})), 3)
+    network = build_cnn(CnnArchitecture.of(build_config(ScratchConfig, {**tiny_cnn_options, "dropout": 0.5})), 3)
     mean = np.array([0.485, 0.456, 0.406]) * 255
     normalised = keras.ops.convert_to_numpy(network.get_layer("normalise")(np.full((1, 2, 2, 3), mean, "float32")))
     np.testing.assert_allclose(normalised, 0, atol=1e-5)
@@ -231,14 +231,14 @@ def augmented(spec: AugmentSpec, images: np.ndarray, seed=(3, 0)) -> np.ndarray:
 
 @pytest.mark.parametrize("place", ["host", "device"])
 @pytest.mark.parametrize("preset", ["inat-keras", "study"])
-def test_colour_survives_augmentation(tmp_path, preset, place):
+def test_colour_survives_augmentation(tmp_path, tiny_cnn_options, preset, place):
     """Measured on the earlier code: red [180, 30, 29] became [175, 171, 171] (saturation factor drawn from [0, 0.1])."""
     red = coloured((180, 30, 30))
     folder = tmp_path / "red" / "train" / "red"
     folder.mkdir(parents=True)
     for i, image in enumerate(red[:16]):
         Image.fromarray(image.astype(np.uint8)).save(folder / f"{i}.png")
-    config = build_config(ScratchConfig, {**tiny_cnn_values(), "augmentation": preset, "augment_on": place})
+    config = build_config(ScratchConfig, {**tiny_cnn_options, "augmentation": preset, "augment_on": place})
     split = Split(sorted(str(p) for p in folder.iterdir()), [0] * 16)
     on_device = device_augment(config) or (lambda x, training: x)
     batches = np.concatenate([keras.ops.convert_to_numpy(on_device(x.numpy(), training=True))
@@ -249,7 +249,7 @@ def test_colour_survives_augmentation(tmp_path, preset, place):
     assert abs(saturation(batches) - saturation(original)) < 0.08
 
 
-def test_a_colour_only_task_learns_with_augmentation_on(tmp_path):
+def test_a_colour_only_task_learns_with_augmentation_on(tmp_path, tiny_cnn_options):
     """Red against green: grey training images would leave training accuracy at chance.
 
     Fixed seeds per class (never `hash()`, which Python salts per process). Eight filters and 48 images per
@@ -261,7 +261,7 @@ def test_a_colour_only_task_learns_with_augmentation_on(tmp_path):
             folder.mkdir(parents=True)
             for i, image in enumerate(coloured(colour, n=n, seed=seed)):
                 Image.fromarray(image.astype(np.uint8)).save(folder / f"{i}.png")
-    config = build_config(ScratchConfig, {**tiny_cnn_values(), "filters": [8] * 5, "data_dir": str(root),
+    config = build_config(ScratchConfig, {**tiny_cnn_options, "filters": [8] * 5, "data_dir": str(root),
                                           "output_dir": str(tmp_path / "run"), "epochs": 4, "color_jitter": 0.1,
                                           "learning_rate": 0.01, "val_fraction": 0.25})  # fmt: skip
     run_dir, metrics = KINDS["scratch"].train(config)
@@ -319,7 +319,7 @@ def test_a_resumed_run_continues_the_augmentation_draws(image_folder):
 # ---- Protocol ---------------------------------------------------------------------------------------------
 
 
-def test_sweep_trials_never_touch_the_test_set(image_folder, tmp_path, monkeypatch):
+def test_sweep_trials_never_touch_the_test_set(image_folder, tmp_path, monkeypatch, make_sweep_file, tiny_cnn_options):
     from inat_keras.training import loop
 
     logged, log_to_wandb = [], loop.log_to_wandb
@@ -332,11 +332,8 @@ def test_sweep_trials_never_touch_the_test_set(image_folder, tmp_path, monkeypat
         return real(split, config, training, **kwargs)
 
     monkeypatch.setattr("inat_keras.training.loop.make_dataset", watching)
-    sweep = tmp_path / "sweep.yaml"
-    sweep.write_text(json.dumps({"method": "random", "metric": {"name": "val_accuracy", "goal": "maximize"},
-                                 "parameters": {"learning_rate": {"values": [0.01, 0.003]},
-                                                **{k: {"value": v} for k, v in tiny_cnn_values().items()
-                                                   if k not in ("wandb", "learning_rate")}}}))  # fmt: skip
+    constants = {k: v for k, v in tiny_cnn_options.items() if k not in ("wandb", "learning_rate")}
+    sweep = make_sweep_file(tmp_path, {"learning_rate": {"values": [0.01, 0.003]}}, constants, method="random")
     _, out = run_sweep(sweep, 2, {"data_dir": str(image_folder)}, tmp_path / "out")
     test_paths = set(load_splits(image_folder, 0.2, 42).test.paths)
     assert touched and not any(paths & test_paths for paths in touched)
@@ -355,13 +352,13 @@ def one_epoch_stages(model, config):
     return [Stage(e, e + 1) for e in range(config.epochs)]
 
 
-def test_early_stopping_spans_stages_and_a_resume(image_folder, tmp_path):
+def test_early_stopping_spans_stages_and_a_resume(image_folder, tmp_path, tiny_cnn_options, interrupt):
     staged = dataclasses.replace(KINDS["scratch"], plan_stages=one_epoch_stages)
-    still = {**tiny_cnn_values(), "data_dir": str(image_folder), "epochs": 6, "early_stopping": 2,
+    still = {**tiny_cnn_options, "data_dir": str(image_folder), "epochs": 6, "early_stopping": 2,
              "learning_rate": 1e-12, "augment": False}  # fmt: skip  (val_accuracy cannot change: patience decides)
     _, metrics = staged.train(build_config(ScratchConfig, {**still, "output_dir": str(tmp_path / "a")}))
     assert metrics["epochs_run"] == 3  # best at epoch 1, then 2 epochs without gain
-    interrupted = dataclasses.replace(staged, callbacks=lambda model: [Interrupt(at_epoch=2)])
+    interrupted = dataclasses.replace(staged, callbacks=lambda model: [interrupt(at_epoch=2)])
     config = build_config(ScratchConfig, {**still, "output_dir": str(tmp_path / "b")})
     with pytest.raises(KeyboardInterrupt):
         interrupted.train(config)
@@ -369,8 +366,8 @@ def test_early_stopping_spans_stages_and_a_resume(image_folder, tmp_path):
     assert metrics["epochs_run"] == 3
 
 
-def test_evaluate_reuses_the_runs_test_list_and_reports_a_broken_file(image_folder, tmp_path, capsys):
-    config = build_config(ScratchConfig, {**tiny_cnn_values(), "data_dir": str(image_folder), "epochs": 1,
+def test_evaluate_reuses_the_runs_test_list_and_reports_a_broken_file(image_folder, tmp_path, capsys, tiny_cnn_options):
+    config = build_config(ScratchConfig, {**tiny_cnn_options, "data_dir": str(image_folder), "epochs": 1,
                                           "output_dir": str(tmp_path / "run")})  # fmt: skip
     run_dir, trained = KINDS["scratch"].train(config)
     extra = image_folder / "val" / "cat" / "added_later.png"
@@ -386,8 +383,8 @@ def test_evaluate_reuses_the_runs_test_list_and_reports_a_broken_file(image_fold
     assert len(err) == 1 and err[0].startswith("error: 1 image(s) of the run's test list") and saved_test[0] in err[0]
 
 
-def test_a_kill_between_backup_and_checkpoint_leaves_them_in_agreement(image_folder, tmp_path, monkeypatch):
-    config = build_config(ScratchConfig, {**tiny_cnn_values(), "data_dir": str(image_folder), "epochs": 3,
+def test_a_kill_between_backup_and_checkpoint_leaves_them_in_agreement(image_folder, tmp_path, monkeypatch, tiny_cnn_options):
+    config = build_config(ScratchConfig, {**tiny_cnn_options, "data_dir": str(image_folder), "epochs": 3,
                                           "output_dir": str(tmp_path / "run"), "augment": False})  # fmt: skip
     real_end, killed = callbacks.RunCheckpoint.on_epoch_end, []
 

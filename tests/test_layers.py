@@ -10,8 +10,6 @@ from inat_keras.models.cnn import CnnArchitecture, build_cnn
 from inat_keras.config import ScratchConfig, build_config
 from inat_keras.models.layers import Activation, BlockMaxPooling2D, DepthwiseConv2D, mish
 
-from conftest import tiny_cnn_values
-
 REPO = Path(__file__).resolve().parent.parent
 BACKEND = keras.backend.backend()
 jax_only = pytest.mark.skipif(BACKEND != "jax", reason="the re-expressed forms are JAX's")
@@ -115,8 +113,8 @@ def test_under_jax_the_mish_layer_takes_one_exponential():
     assert "tanh" in jaxpr(Activation("tanh"), x)  # other activations are Keras's
 
 
-def test_cnn_checkpoints_load_on_both_backends(tmp_path):
-    config = build_config(ScratchConfig, {**tiny_cnn_values(), "activation": "mish", "batch_norm": True})
+def test_cnn_checkpoints_load_on_both_backends(tmp_path, tiny_cnn_options):
+    config = build_config(ScratchConfig, {**tiny_cnn_options, "activation": "mish", "batch_norm": True})
     model = build_cnn(CnnArchitecture.of(config), 3)
     assert {type(layer) for layer in model.layers if layer.name.endswith("_pool")} == {BlockMaxPooling2D}
     assert {type(layer) for layer in model.layers if layer.name.endswith("_act")} == {Activation}

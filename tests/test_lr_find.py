@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import tiny_cnn_values, write_image_folder
 from inat_keras.cli import main
 from inat_keras.config import ConfigError
 from inat_keras.training.lr_find import smooth, steepest
@@ -28,10 +27,9 @@ def test_smoothing_is_bias_corrected():
     assert smooth([1.0, 3.0], beta=0.5) == pytest.approx([1.0, (0.25 + 1.5) / 0.75])
 
 
-def test_lr_find_follows_the_ramp_plots_suggests_and_stops_when_the_loss_diverges(tmp_path, capsys):
-    data = write_image_folder(tmp_path / "data", {"train": 8, "val": 1})
-    values = tiny_cnn_values()
-    flags = [f"--{k.replace('_', '-')}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in values.items()]
+def test_lr_find_follows_the_ramp_plots_suggests_and_stops_when_the_loss_diverges(tmp_path, capsys, make_image_folder, tiny_cnn_flags):
+    data = make_image_folder(tmp_path / "data", {"train": 8, "val": 1})
+    flags = tiny_cnn_flags()
     out = tmp_path / "find"
     assert main(["lr-find", "scratch", *flags, "--data-dir", str(data), "--start-lr", "1e-3", "--end-lr", "1e7",
                  "--steps", "30", "--output-dir", str(out)]) == 0  # fmt: skip

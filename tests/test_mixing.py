@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import tiny_cnn_values
 from inat_keras.config import ScratchConfig, build_config
 from inat_keras.data.mixing import TargetSpec, mix_batch
 from inat_keras.data.pipeline import make_dataset
@@ -96,8 +95,8 @@ def test_soft_accuracy_counts_the_larger_share_and_skips_zero_weight_padding():
     assert float(metric.result()) == pytest.approx(0.5)
 
 
-def test_training_batches_are_mixed_and_reproducible_validation_is_not(image_folder):
-    config = build_config(ScratchConfig, {**tiny_cnn_values(), "mixup": 0.4, "cutmix": 1.0, "label_smoothing": 0.1})
+def test_training_batches_are_mixed_and_reproducible_validation_is_not(image_folder, tiny_cnn_options):
+    config = build_config(ScratchConfig, {**tiny_cnn_options, "mixup": 0.4, "cutmix": 1.0, "label_smoothing": 0.1})
     splits = load_splits(image_folder, 0.3, 0, config)
 
     def batches(epochs):
@@ -112,7 +111,7 @@ def test_training_batches_are_mixed_and_reproducible_validation_is_not(image_fol
         assert y.shape[1] == 3 and np.allclose(y.sum(axis=1), 1.0)
     assert any(np.sort(y, axis=1)[:, -2].max() > 0.05 + 1e-3 for _, y in whole)  # some images mixed beyond smoothing
     assert not np.allclose(whole[0][1], whole[len(resumed)][1])  # a new draw every epoch
-    plain = build_config(ScratchConfig, {**tiny_cnn_values(), "augment": False})
+    plain = build_config(ScratchConfig, {**tiny_cnn_options, "augment": False})
     for kwargs in ({}, {"even_batches": True, "batch_size": 4}):  # padded (zero-weight) batches too
         val = list(make_dataset(splits.val, config, training=False, **kwargs))
         assert all(batch[1].dtype == tf.int32 and len(batch[1].shape) == 1 for batch in val)
@@ -123,8 +122,8 @@ def test_training_batches_are_mixed_and_reproducible_validation_is_not(image_fol
 
 
 @pytest.mark.parametrize("options", [{"label_smoothing": 0.1, "mixup": 0.4}, {"cutmix": 1.0, "augment_on": "host"}])
-def test_training_with_soft_targets_has_a_finite_loss(image_folder, tmp_path, options):
-    values = {**tiny_cnn_values(), "epochs": 1, "data_dir": str(image_folder), "output_dir": str(tmp_path / "run"), **options}
+def test_training_with_soft_targets_has_a_finite_loss(image_folder, tmp_path, tiny_cnn_options, options):
+    values = {**tiny_cnn_options, "epochs": 1, "data_dir": str(image_folder), "output_dir": str(tmp_path / "run"), **options}
     _, metrics = KINDS["scratch"].train(build_config(ScratchConfig, values))
     row = read_history(tmp_path / "run" / "history.csv")[0]
     assert np.isfinite(float(row["loss"])) and np.isfinite(float(row["val_loss"])) and 0 <= float(row["val_accuracy"]) <= 1

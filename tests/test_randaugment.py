@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import tiny_cnn_values
 from inat_keras.config import ScratchConfig, build_config
 from inat_keras.data.augment import Augment, AugmentSpec, DeviceAugment, augment_spec
 from inat_keras.data.randaugment import OPERATIONS, colour, equalize, geometric
@@ -118,9 +117,9 @@ def test_the_preset_is_refused_with_the_other_presets_options_and_vice_versa():
         build_config(ScratchConfig, {"augmentation": "randaugment", "randaugment_magnitude": 31})
 
 
-def test_training_with_randaugment_and_crops_has_a_finite_loss(image_folder, tmp_path):
+def test_training_with_randaugment_and_crops_has_a_finite_loss(image_folder, tmp_path, tiny_cnn_options):
     """On the device (the default place); the host runs the same layer in tf.data (tests above)."""
-    values = {**tiny_cnn_values(), "epochs": 1, "data_dir": str(image_folder), "output_dir": str(tmp_path / "run"),
+    values = {**tiny_cnn_options, "epochs": 1, "data_dir": str(image_folder), "output_dir": str(tmp_path / "run"),
               "augmentation": "randaugment", "crop_min_area": 0.25}  # fmt: skip
     KINDS["scratch"].train(build_config(ScratchConfig, values))
     assert np.isfinite(float(read_history(tmp_path / "run" / "history.csv")[0]["loss"]))

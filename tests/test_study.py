@@ -9,7 +9,6 @@ from pathlib import Path
 
 import keras
 import pytest
-import yaml
 
 from inat_keras.cli import main
 from inat_keras.errors import ConfigError

@@ -225,15 +225,14 @@ print(heavy, len(list(test)), type(tfds.builder("inaturalist12k", data_dir={str(
     assert done.stdout.strip().splitlines()[-1] == f"[] {len(TEST_FILES)} inat_keras.data.tfds_dataset"
 
 
-def test_training_from_the_records_splits_reports_and_learns_as_from_the_folder(built, archive, tmp_path):
+def test_training_from_the_records_splits_reports_and_learns_as_from_the_folder(built, archive, tmp_path, tiny_cnn_options):
     """The same tree as TFDS records and as a folder: the same split.json parts (by file name), the same
     skipped files with the same reasons, and one epoch of training from the records under this backend."""
-    from conftest import tiny_cnn_values
     from inat_keras.config import ScratchConfig, build_config
     from inat_keras.training.kinds import KINDS
 
     data_dir = built[0]
-    common = {**tiny_cnn_values(), "epochs": 1, "val_fraction": 0.5, "batch_size": 4}
+    common = {**tiny_cnn_options, "epochs": 1, "val_fraction": 0.5, "batch_size": 4}
     runs = {}
     for source, values in (("tfds", {"tfds_dir": str(data_dir)}), ("folder", {"data_dir": str(archive.parent / "tree")})):
         config = build_config(ScratchConfig, {**common, **values, "output_dir": str(tmp_path / source)})

@@ -60,20 +60,25 @@ def to_rgb(image: tf.Tensor) -> tf.Tensor:
     return tf.switch_case(tf.shape(image)[-1] - 1, branches)
 
 
+def transposed(image: tf.Tensor) -> tf.Tensor:
+    """Rows and columns swapped, each RGB pixel carried as one int32 (with a zero byte). oneDNN, on by default on
+    AVX-512 machines, takes no uint8 transpose and says so on stderr in the middle of training; TensorFlow moves a
+    plain cast to int32 back past the transpose, a bitcast it cannot."""
+    packed = tf.bitcast(tf.concat([image, tf.zeros_like(image[..., :1])], axis=-1), tf.int32)
+    return tf.bitcast(tf.transpose(packed), tf.uint8)[..., :3]
+
+
 def upright(image: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
     """Apply an EXIF orientation (1-8) as PIL's ImageOps.exif_transpose does."""
-    def transpose():
-        return tf.transpose(image, [1, 0, 2])
-
     branches = [
         lambda: image,  # 1
-        lambda: tf.image.flip_left_right(image),  # 2
-        lambda: tf.image.rot90(image, 2),  # 3
-        lambda: tf.image.flip_up_down(image),  # 4
-        transpose,  # 5
-        lambda: tf.image.rot90(image, 3),  # 6: turned 90 degrees clockwise to stand upright
-        lambda: tf.image.rot90(transpose(), 2),  # 7
-        lambda: tf.image.rot90(image, 1),  # 8
+        lambda: tf.reverse(image, [1]),  # 2: mirrored left-right
+        lambda: tf.reverse(image, [0, 1]),  # 3: turned 180 degrees
+        lambda: tf.reverse(image, [0]),  # 4: mirrored top-bottom
+        lambda: transposed(image),  # 5
+        lambda: tf.reverse(transposed(image), [1]),  # 6: turned 90 degrees clockwise to stand upright
+        lambda: tf.reverse(transposed(image), [0, 1]),  # 7
+        lambda: tf.reverse(transposed(image), [0]),  # 8: turned 90 degrees counter-clockwise
     ]
     return tf.switch_case(tf.clip_by_value(tf.cast(orientation, tf.int32), 1, 8) - 1, branches)
 

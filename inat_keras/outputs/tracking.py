@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
-import netrc
 import os
 import socket
 import urllib.parse
@@ -15,7 +14,7 @@ import wandb
 from wandb.integration.keras import WandbMetricsLogger
 
 from ..errors import ConfigError
-from ..keras_compat import LoggedRate
+from ..keras_compat import LoggedRate, wandb_credentials
 from .run_folder import METRIC_GOALS, best_value
 
 log = logging.getLogger(__name__)
@@ -24,19 +23,19 @@ _group = contextvars.ContextVar("wandb_group", default=None)
 REACH_TIMEOUT = 5.0  # seconds that --wandb auto / online wait for the W&B server before deciding
 
 
+def base_url() -> str:
+    """The W&B server this process would log to, as W&B's own settings say (WANDB_BASE_URL, else its cloud)."""
+    return wandb.setup().settings.base_url
+
+
 def logged_in() -> bool:
-    """True when an API key is available without asking (environment or ~/.netrc)."""
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    try:
-        return netrc.netrc().authenticators("api.wandb.ai") is not None
-    except (FileNotFoundError, netrc.NetrcParseError):
-        return False
+    """True when W&B has an API key for that server without asking: the environment, or its .netrc entry."""
+    return wandb_credentials(base_url())
 
 
 def server() -> tuple[str, int]:
-    """The W&B server's host and port (WANDB_BASE_URL, else W&B's cloud)."""
-    url = urllib.parse.urlsplit(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai")
+    """The W&B server's host and port."""
+    url = urllib.parse.urlsplit(base_url())
     return url.hostname or "api.wandb.ai", url.port or (80 if url.scheme == "http" else 443)
 
 

@@ -26,9 +26,9 @@ from ..outputs.run_folder import (
 
 
 class EpochTimer(keras.callbacks.Callback):
-    """Adds epoch_seconds, images_per_second and process_start (1 on the first epoch that this process
-    trains: it includes compiling and filling caches) to the epoch logs, so history.csv keeps every
-    process's timings across resumes, and W&B gets them."""
+    """Adds epoch_seconds and images_per_second to the epoch logs (history.csv, the console, W&B). Whether the epoch
+    was this process's first (it includes compiling and filling caches) is bookkeeping, not a metric: history.csv
+    alone records it, as process_start (`row_extras`)."""
 
     def __init__(self, images_per_epoch: int):
         super().__init__()
@@ -44,7 +44,9 @@ class EpochTimer(keras.callbacks.Callback):
         if logs is not None:
             logs["epoch_seconds"] = seconds
             logs["images_per_second"] = self.images_per_epoch / seconds
-            logs["process_start"] = int(len(self.seconds) == 1)
+
+    def row_extras(self) -> dict:
+        return {"process_start": int(len(self.seconds) == 1)}
 
 
 class PaddedValidationLoss(keras.callbacks.Callback):
@@ -142,12 +144,13 @@ class ResumableCSVLogger(keras.callbacks.CSVLogger):
     """CSVLogger in append mode, epochs numbered from 1 as on the console, that first drops the rows of
     epochs about to be rerun after a resume."""
 
-    def __init__(self, filename):
+    def __init__(self, filename, extras=None):
         super().__init__(filename, append=True)
         self._trimmed = False
+        self.extras = extras  # () -> {column: value}: written to the file, not shown in the epoch logs
 
     def on_epoch_end(self, epoch, logs=None):
-        super().on_epoch_end(epoch + 1, logs)
+        super().on_epoch_end(epoch + 1, {**(logs or {}), **(self.extras() if self.extras else {})})
 
     def on_epoch_begin(self, epoch, logs=None):
         if not self._trimmed and os.path.exists(self.filename):

@@ -134,12 +134,13 @@ def dtype_policy(name: str):
 def make_callbacks(config: TrainConfig, run_dir: Path, images_per_epoch: int, extra: list) -> list:
     """One list for every stage. At each epoch's end, in this order: the history row, the backup, then
     the checkpoint (RunCheckpoint says why)."""
+    timer = EpochTimer(images_per_epoch)
     callbacks = [
-        EpochTimer(images_per_epoch),
+        timer,
         LearningRateLogger(),
         *extra,
         keras.callbacks.TerminateOnNaN(),
-        ResumableCSVLogger(str(run_dir / HISTORY)),
+        ResumableCSVLogger(str(run_dir / HISTORY), extras=timer.row_extras),
         StagedBackupAndRestore(str(run_dir / BACKUP), double_checkpoint=True, delete_checkpoint=False),
         *([AverageSwap()] if config.ema else []),  # after the backup, before the checkpoint (training.ema)
         RunCheckpoint(run_dir, validated=config.val_fraction > 0),
