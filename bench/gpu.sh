@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One GPU, under 8 minutes, one JSON file. Runs on a fresh GPU machine after the README's GPU install
+# One GPU, under 8 minutes, one JSON file. Runs on a fresh GPU machine after the GPU install of docs/performance.md
 # command, with nothing else prepared (the photo folder is generated on the way):
 #
 #   bash bench/gpu.sh [OUT.json]            (default bench-gpu.json)

@@ -3,7 +3,7 @@ once, if it is loaded already), it learns the project's parts.
 
 - TFDS: `tfds.load("inaturalist12k")` finds the builder (a provider that imports inat_keras.data.tfds_dataset only
   when TFDS asks for that name).
-- Keras: `keras.models.load_model` of a run's model.keras finds the project's layers (they are registered by
+- Keras: `keras.models.load_model` of a run's model.keras finds the project's classes (they are registered by
   importing their modules once Keras has loaded).
 """
 
@@ -12,7 +12,9 @@ import sys
 
 TFDS_NAME = "inaturalist12k"
 _TFDS_REGISTRY = "tensorflow_datasets.core.registered"
-KERAS_LAYER_MODULES = ("inat_keras.models.layers", "inat_keras.data.augment")  # what a run's model.keras names
+# What a run's model.keras names: its layers, and the optimizer, schedule, loss and metric of its compile settings.
+KERAS_MODULES = ("inat_keras.models.layers", "inat_keras.data.augment", "inat_keras.training.optimizers",
+                 "inat_keras.training.schedules", "inat_keras.training.losses")  # fmt: skip
 
 
 class _TfdsProvider:
@@ -33,8 +35,8 @@ def _add_provider(registered) -> None:
         add(_TfdsProvider(), index=0)  # first, so the lookup does not import all of TFDS's own builders
 
 
-def _register_layers(keras_module) -> None:
-    for name in KERAS_LAYER_MODULES:
+def _register_classes(keras_module) -> None:
+    for name in KERAS_MODULES:
         importlib.import_module(name)
 
 
@@ -71,4 +73,4 @@ def after_import(module: str, then) -> None:
 
 
 after_import(_TFDS_REGISTRY, _add_provider)
-after_import("keras", _register_layers)
+after_import("keras", _register_classes)

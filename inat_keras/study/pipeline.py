@@ -130,7 +130,7 @@ def run_study(settings: StudyConfig) -> StudyResult:
 
 def part_a(settings: StudyConfig, study_dir: Path, mode: str) -> StudyResult:
     """The sweep (local, so that it resumes from its folder), its report, the winner retrained on all of
-    train/ at the trials' image size (README: "Retrain the winner"), tested."""
+    train/ at the trials' image size (docs/sweeps.md: "Retrain the winner"), tested."""
     sweep_dir = study_dir / SWEEP_DIR
     overrides = {**sources(settings), **given(epochs=settings.trial_epochs, image_size=settings.scratch_image_size)}
     run_sweep(settings.sweep or shipped_config(SWEEP_FILE), settings.trials, overrides, sweep_dir, offline=True)

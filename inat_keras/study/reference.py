@@ -1,5 +1,5 @@
 """The study being reproduced, as data: its published numbers (the targets on real data) and where this
-project's study configs stand against its code (README's "Fidelity to the study" table is rendered from these rows)."""
+project's study configs stand against its code (docs/study.md's "Fidelity to the study" table is rendered from these rows)."""
 
 from __future__ import annotations
 

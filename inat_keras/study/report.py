@@ -43,7 +43,7 @@ def decimal(value) -> str:
 
 
 def fidelity_table() -> str:
-    """README's "Fidelity to the study" table, from the rows in study.reference."""
+    """docs/study.md's "Fidelity to the study" table, from the rows in study.reference."""
     return markdown(list(FIDELITY_HEADER), [list(row) for row in FIDELITY_ROWS])
 
 

@@ -1,2 +1,2 @@
-"""Running a training job: its run folder, the staged fit loop and callbacks, W&B tracking, where it
-computes (distribution), and the evaluation of a model or a saved checkpoint. Imports data and models."""
+"""Running a training job: the kinds of run, the staged fit loop and its callbacks, optimizers, schedules, losses,
+where it computes (distribution), the learning-rate finder. Imports data, models, inference and outputs."""

@@ -101,7 +101,7 @@ def _place_tensorflow(mode: str) -> Placement:
             f"TF_CONFIG names {tasks} tasks, but several machines cannot train under the TensorFlow backend: "
             "Keras 3's TensorFlow fit fails under MultiWorkerMirroredStrategy (keras-team/keras#20585; "
             "measured with keras 3.15). Use KERAS_BACKEND=jax with KERAS_DISTRIBUTION_* for several "
-            "machines (README: Several machines), or one machine's GPUs under TensorFlow"
+            "machines (docs/performance.md: Several machines), or one machine's GPUs under TensorFlow"
         )
     gpus = tf.config.list_logical_devices("GPU")
     if mode == "none" or (mode == "auto" and len(gpus) < 2):

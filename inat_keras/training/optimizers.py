@@ -68,6 +68,7 @@ class RecipeAdam(RecipeUpdates, keras.optimizers.Adam):
     """Keras's Adam (AdamW with a weight decay) with the recipe's per-variable rates: the fresh-per-stage optimizer."""
 
 
+@keras.saving.register_keras_serializable(package="inat_keras")
 class CarriedAdam(RecipeUpdates, keras.optimizers.Optimizer):
     def __init__(self, candidates, learning_rate=1e-4, beta_1=0.9, beta_2=0.999, epsilon=1e-8, name="carried_adam", **kwargs):
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
@@ -127,6 +128,12 @@ class CarriedAdam(RecipeUpdates, keras.optimizers.Optimizer):
         config = super().get_config()
         config.update({"beta_1": self.beta_1, "beta_2": self.beta_2, "epsilon": self.epsilon})
         return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        """A saved model comes back with a RecipeAdam of the same settings: the carried state belongs to a run's
+        backup, and a loaded model has no stages to carry it through."""
+        return RecipeAdam.from_config(config, custom_objects)
 
 
 def no_decay_variables(model: keras.Model) -> list:
