@@ -112,6 +112,11 @@ def test_no_module_imports_itself_round_about():
     assert not real, real
 
 
+def test_no_module_is_over_400_lines():
+    long = {str(p.relative_to(ROOT)): n for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines())) > 400}
+    assert not long, long
+
+
 def test_imports_run_one_way():
     wrong = []
     for path in sorted(PACKAGE.rglob("*.py")):

@@ -6,8 +6,7 @@ import contextlib
 import contextvars
 import logging
 import os
-import socket
-import urllib.parse
+import threading
 from pathlib import Path
 
 import wandb
@@ -20,7 +19,9 @@ from .run_folder import METRIC_GOALS, best_value
 log = logging.getLogger(__name__)
 
 _group = contextvars.ContextVar("wandb_group", default=None)
-REACH_TIMEOUT = 5.0  # seconds that --wandb auto / online wait for the W&B server before deciding
+REACH_TIMEOUT = 6.0  # seconds that --wandb auto / online wait for the W&B server before deciding
+INIT_TIMEOUT = 60.0  # seconds that wandb.init may take once the server has answered (W&B's default is 90)
+_auto_online = contextvars.ContextVar("wandb_auto_online", default=False)  # `auto` chose online: offline is the fallback
 
 
 def base_url() -> str:
@@ -33,20 +34,26 @@ def logged_in() -> bool:
     return wandb_credentials(base_url())
 
 
-def server() -> tuple[str, int]:
-    """The W&B server's host and port."""
-    url = urllib.parse.urlsplit(base_url())
-    return url.hostname or "api.wandb.ai", url.port or (80 if url.scheme == "http" else 443)
-
-
 def unreachable(timeout: float = REACH_TIMEOUT) -> str | None:
-    """Why the W&B server cannot be reached within `timeout` seconds (None: it answers)."""
-    host, port = server()
-    try:
-        socket.create_connection((host, port), timeout=timeout).close()
-    except OSError as err:
-        return f"cannot reach {host}:{port} within {timeout:.0f} s ({err.strerror or err})"
-    return None
+    """Why W&B's server cannot take this login's runs now (None: it answered). A real request through W&B's own client
+    (which verifies the key with the server), abandoned after `timeout` seconds: a server that accepts connections
+    and never answers, or answers something that is not W&B, fails as fast as one that is down."""
+    found: list[str | None] = []
+    url = base_url()
+
+    def ask():
+        try:
+            wandb.Api(overrides={"base_url": url}, timeout=max(1, int(timeout) - 1))
+            found.append(None)
+        except Exception as err:  # CommError, AuthenticationError, requests' errors: each is one line here
+            found.append(" ".join(str(err).split())[:200] or type(err).__name__)
+
+    thread = threading.Thread(target=ask, daemon=True, name="wandb-reachability")
+    thread.start()
+    thread.join(timeout)
+    if not found:
+        return f"{url} did not answer within {timeout:.0f} s"
+    return None if found[0] is None else f"{url} did not accept the login ({found[0]})"
 
 
 def resolve_mode(mode: str) -> str:
@@ -62,6 +69,7 @@ def resolve_mode(mode: str) -> str:
         if why:
             log.warning("W&B: %s; logging OFFLINE instead (upload later with `wandb sync`)", why)
             return "offline"
+        _auto_online.set(True)
         return "online"
     if mode == "online":
         if not logged_in():
@@ -91,18 +99,18 @@ def start_run(config: dict, run_dir: Path, mode: str, project: str, group: str |
         # A sweep agent started this run with the proposal (its keys are locked); a second init would end it.
         wandb.run.config.update({k: v for k, v in config.items() if k not in wandb.run.config})
         return wandb.run
-    run = wandb.init(
-        project=project,
-        mode=mode,
-        dir=str(run_dir),
-        name=run_dir.name,
-        group=group or _group.get(),
-        config=config,
-        id=resume_id,
-        resume="allow" if resume_id else None,
-        reinit="finish_previous",
-        settings=wandb.Settings(silent=True, console="off"),
-    )
+    options = {"project": project, "dir": str(run_dir), "name": run_dir.name, "group": group or _group.get(), "config": config,
+               "id": resume_id, "resume": "allow" if resume_id else None, "reinit": "finish_previous",
+               "settings": wandb.Settings(silent=True, console="off", init_timeout=INIT_TIMEOUT)}  # fmt: skip
+    try:
+        run = wandb.init(mode=mode, **options)
+    except Exception as err:  # W&B's CommError, its timeout, an error page: the server stopped answering since the check
+        why = " ".join(str(err).split())[:200] or type(err).__name__
+        if mode != "online" or not _auto_online.get():
+            raise ConfigError(f"W&B could not start the run on {base_url()} ({why}); use --wandb offline and `wandb sync` later") from None
+        log.warning("W&B: %s; logging OFFLINE instead (upload later with `wandb sync`)", why)
+        mode = "offline"
+        run = wandb.init(mode=mode, **options)
     if mode == "offline":
         log.info("W&B offline run in %s; upload later with `wandb sync %s`", run.dir, Path(run.dir).parent)
     return run
