@@ -341,7 +341,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except OSError as err:  # a read-only folder, a full disk: what was written before stays whole
-        where = f"{err.filename}: " if err.filename else ""
-        print(f"error: {where}{err.strerror or err}", file=sys.stderr)
+        where = err.filename or getattr(args, "output_dir", None) or getattr(args, "csv", None)
+        print(f"error: {f'{where}: ' if where else ''}{err.strerror or err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as stop:  # Ctrl-C: where it stopped, in one line
+        print(f"stopped: {interrupted(stop)}", file=sys.stderr)
+        return 130
     return 0
+
+
+def interrupted(stop: KeyboardInterrupt) -> str:
+    """What an interrupted command left: a training run resumes from its folder; other commands write nothing half."""
+    run_dir = getattr(stop, "run_dir", None)
+    if run_dir is None:
+        return "interrupted; nothing half-written was left (outputs appear whole or not at all)"
+    from .outputs.run_folder import HISTORY, read_history
+
+    epochs = len(read_history(run_dir / HISTORY))
+    return f"{run_dir} holds {epochs} finished epoch(s); the same command (with --output-dir {run_dir}) resumes it"

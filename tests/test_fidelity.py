@@ -320,10 +320,10 @@ def test_a_resumed_run_continues_the_augmentation_draws(image_folder):
 
 
 def test_sweep_trials_never_touch_the_test_set(image_folder, tmp_path, monkeypatch, make_sweep_file, tiny_cnn_options):
-    from inat_keras.training import loop
+    from inat_keras.outputs import tracking
 
-    logged, log_to_wandb = [], loop.log_to_wandb
-    monkeypatch.setattr(loop, "log_to_wandb", lambda run, m, p: logged.append((m, p)) or log_to_wandb(run, m, p))
+    logged, log_results = [], tracking.log_results
+    monkeypatch.setattr(tracking, "log_results", lambda run, m, p: logged.append((m, p)) or log_results(run, m, p))
     touched = []
     real = make_dataset
 

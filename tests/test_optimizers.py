@@ -229,8 +229,8 @@ def test_optimizer_options_are_checked_by_name():
     for values_, message in [
         ({"optimizer": "sgd"}, "optimizer must be one of adam, adamw"),
         ({"weight_decay": 0.01}, "weight_decay 0.01 needs --optimizer adamw"),
-        ({"optimizer": "adamw", "weight_decay": -1.0}, "weight_decay must be 0 (off) or positive"),
-        ({"clip_norm": -1.0}, "clip_norm must be 0 (off)"),
+        ({"optimizer": "adamw", "weight_decay": -1.0}, "weight_decay must be at least 0 (0: off), got -1.0"),
+        ({"clip_norm": -1.0}, "clip_norm must be at least 0 (0: off)"),
         ({"ema_momentum": 1.0}, "ema_momentum must be in (0, 1)"),
     ]:
         with pytest.raises(ConfigError, match=re.escape(message)):

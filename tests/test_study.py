@@ -19,7 +19,7 @@ from inat_keras.study.reference import PART_A_TEST, PART_B_TEST, PART_B_VALIDATI
 from inat_keras.study.report import FINAL_PICTURES, error_analysis, fidelity_table, log_report, results_table, write_study_report
 from inat_keras.training.kinds import KINDS, one_stage
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+STUDY_PAGE = Path(__file__).resolve().parents[1] / "docs" / "study.md"
 STEPS = [A_FINAL, *(strategy_dir(s) for s in STRATEGIES), B_FINAL]
 
 
@@ -142,17 +142,18 @@ def test_the_report_goes_to_an_offline_wandb_run_and_nowhere_when_disabled(study
     assert len(offline) == 1 and list(offline[0].rglob("*.html"))
 
 
-def test_readme_fidelity_table_is_the_rendered_one():
-    text = README.read_text()
+def test_the_documented_fidelity_table_is_the_rendered_one():
+    text = STUDY_PAGE.read_text()
     section = text.split("## Fidelity to the study", 1)[1].split("\n## ", 1)[0]
     table = "\n".join(line for line in section.splitlines() if line.startswith("|"))
     assert table == fidelity_table()
 
 
-def test_demo_settings_are_small_and_use_random_weights(capsys):
+def test_demo_settings_are_small_and_fine_tune_from_weights_that_work_offline(capsys):
     demo = load_config(StudyConfig, shipped_config("study.yaml"), {"demo": True})
     real = load_config(StudyConfig, shipped_config("study.yaml"))
-    assert demo.trials < real.trials and demo.weights == "none" and real.weights == "imagenet"
+    assert demo.trials < real.trials and demo.weights == real.weights == "imagenet"
+    assert (demo.backbone, real.backbone) == ("efficientnet_lite0", "efficientnetv2_s")
     assert 0 < demo.finetune_epochs < 10 and 0 < demo.scratch_image_size < 224
     assert main(["study", "--demo", "--data-dir", "x"]) == 2
     assert "give one source of images" in capsys.readouterr().err

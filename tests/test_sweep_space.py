@@ -4,7 +4,7 @@
 import pytest
 import yaml
 
-from inat_keras.config import ConfigError, shipped_config
+from inat_keras.config import ConfigError, read_config_file, shipped_config
 from inat_keras.sweeps import local
 from inat_keras.sweeps.report import SweepRecord, best_config, encode
 from inat_keras.sweeps.spec import load_plan
@@ -100,7 +100,7 @@ def test_continuous_values_are_one_numeric_column_in_the_importance_table():
 
 def test_the_plus_sweep_starts_its_trials_from_the_plus_recipe():
     plan = load_plan(shipped_config("sweep_scratch_plus.yaml"), {"demo": True, "epochs": 1})
-    plus = yaml.safe_load(shipped_config("scratch_plus.yaml").read_text())
+    plus = read_config_file(shipped_config("scratch_plus.yaml"))  # its base: resolved
     own = {k: v for k, v in plus.items() if k not in ("demo_overrides", "filters", "kernel_sizes")}  # presets resolve
     assert {k: plan.settings[k] for k in own} == own
     assert (plan.base["activation"], plan.base["optimizer"]) == (plus["activation"], "adamw")

@@ -36,7 +36,7 @@ def test_online_without_a_server_fails_fast_in_one_line(image_folder, tmp_path, 
     assert main(tiny(image_folder, tmp_path / "run", "--wandb", "online")) == 2
     assert time.perf_counter() - start < 30
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--wandb online: W&B cannot reach 127.0.0.1:9" in err[0] and "--wandb offline" in err[0]
+    assert len(err) == 1 and "--wandb online: W&B http://127.0.0.1:9 did not accept the login" in err[0] and "--wandb offline" in err[0]
     assert not (tmp_path / "run").exists()
 
 

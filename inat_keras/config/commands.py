@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from ..errors import ConfigError
 from ..models.backbones import BACKBONES
 from .fields import Range, check_fields, option
-from .training import AUGMENT_PLACES, JIT_MODES, PRECISIONS, WANDB_MODES, check_one_source
+from .training import AUGMENT_PLACES, IMAGE_SIZE, JIT_MODES, PRECISIONS, WANDB_MODES, check_one_source
 
 AT_LEAST_0 = Range(0, note="(0: the configs' own)")
 PROJECT = "inat-keras"  # the default W&B project of every command
@@ -108,7 +108,7 @@ class SweepOptions(Options):
     demo: bool = option("use the embedded demo data", False, section="data")
     tfds_dir: str | None = option("TFDS data folder with prepared inaturalist12k records (run.py tfds)", section="data")
     epochs: int | None = option("epochs per trial (default: the run's YAML)", section="optimisation", within=Range(1))
-    image_size: int | None = option("input size of every trial (default: the run's YAML)", section="data", within=Range(1))
+    image_size: int | None = option("input size of every trial (default: the run's YAML)", section="data", within=IMAGE_SIZE)
     output_dir: str | None = option("sweep folder: new, or a local sweep to resume (default runs/sweep-<time>)", section="run")
     offline: bool = option("local search even when logged in to W&B", False, section="tracking")
     sweep_id: str | None = option("join this W&B sweep (ID or ENTITY/PROJECT/ID) as one more agent", section="tracking")
@@ -160,7 +160,7 @@ class BenchOptions(Options):
 
     model: str = option("cnn: 64x5 3x3 ReLU; cnn-best: configs/scratch_best.yaml; efficientnet: V2-S, efficientnet-lite0: "
                         "Lite0 (both random weights, every layer training)", "cnn", section="model", choices=BENCH_MODELS)
-    image_size: int = option("square input size in pixels", 224, section="data", within=Range(1))
+    image_size: int = option("square input size in pixels", 224, section="data", within=IMAGE_SIZE)
     batch_size: int = option("images per step", 32, section="optimisation", within=Range(1))
     data_dir: str | None = option("dataset folder of JPEGs (default: photo-like JPEGs made once in the cache)", section="data")
     steps: int = option("steps per timed repeat", 5, section="command", within=Range(1))
@@ -205,11 +205,11 @@ class StudyConfig(Options):
     scratch_epochs: int = option("Part A: epochs of the retrained winner (0: its configuration's)", 0, section="optimisation",
                                  within=AT_LEAST_0)
     scratch_image_size: int = option("Part A: input size of the trials and the retrained winner (0: configs/scratch.yaml's)",
-                                     0, section="data", within=AT_LEAST_0)
+                                     0, section="data", within=Range(0, 1024, note="pixels; 0: the configs' own"))
     finetune_epochs: int = option("Part B: epochs of every fine-tuning run (0: the configs' own)", 0, section="optimisation",
                                   within=AT_LEAST_0)
     finetune_image_size: int = option("Part B: input size of every fine-tuning run (0: the configs' own)", 0, section="data",
-                                      within=AT_LEAST_0)
+                                      within=Range(0, 1024, note="pixels; 0: the configs' own"))
     backbone: str = option("Part B: efficientnetv2_s (the study's) or efficientnet_lite0 (ImageNet weights that work "
                            "offline)", "efficientnetv2_s", section="model", choices=tuple(BACKBONES))
     weights: str = option("Part B: imagenet, keras-cv, none (random: says nothing about transfer) or a local file or folder",

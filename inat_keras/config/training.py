@@ -53,6 +53,9 @@ RESUME_NEUTRAL_OPTIONS = ("output_dir", "wandb", "epochs", "early_stopping", "st
 
 AT_LEAST_1 = Range(1)
 FRACTION = Range(0.0, 1.0, high_open=True)  # [0, 1)
+# Square input sizes: 4.6x the study's 224 at most; beyond, a model's activations and the decoded-image cache outgrow
+# a machine's memory (an image size of 100000 sat for minutes filling a cache, then ran out of memory).
+IMAGE_SIZE = Range(1, 1024, note="pixels")
 
 
 def check_one_source(config) -> None:
@@ -88,7 +91,7 @@ class TrainConfig:
     demo: bool = option("use the embedded demo data (scikit-learn's handwritten digits)", False, section="data")
     tfds_dir: str | None = option("read iNaturalist-12K from the TFDS records prepared in this TFDS data folder "
                                   "(run.py tfds) instead of a folder of images", section="data")
-    image_size: int = option("square input size in pixels (96 means 96x96)", 224, section="data", within=AT_LEAST_1)
+    image_size: int = option("square input size in pixels (96 means 96x96)", 224, section="data", within=IMAGE_SIZE)
     val_fraction: float = option("fraction of train/ held out for validation, stratified (0: train on all, keep the last epoch)",
                                  0.2, section="data", within=Range(0.0, 1.0, high_open=True,
                                  note="(0 trains on all of train/ and keeps the last epoch)"))  # fmt: skip
@@ -136,9 +139,9 @@ class TrainConfig:
                             section="optimisation", choices=OPTIMIZERS)
     weight_decay: float = option("adamw: decoupled weight decay, rate x decay x weight per step; biases and normalisation "
                                  "scales/offsets are left alone (0 disables)", 0.0, section="optimisation",
-                                 within=Range(0.0, note="(0 (off) or positive)"))  # fmt: skip
+                                 within=Range(0.0, note="(0: off)"))  # fmt: skip
     clip_norm: float = option("clip gradients to this global norm (0 disables)", 0.0, section="optimisation",
-                              within=Range(0.0, note="(0 (off) or a positive global norm)"))
+                              within=Range(0.0, note="(0: off)"))
     ema: bool = option("keep an exponential moving average of the weights; validation, the checkpoint and the test use it",
                        False, section="optimisation")
     ema_momentum: float = option("ema: the average's momentum per step (average = m x average + (1 - m) x weights)", 0.999,
@@ -207,6 +210,10 @@ class TrainConfig:
                     f"{', '.join(tuned)} tune the inat-keras augmentation preset, not the {self.augmentation} preset "
                     "(drop them, or use --augmentation inat-keras)"
                 )
+        if self.augmentation != "randaugment":
+            tuned = [n for n in ("randaugment_ops", "randaugment_magnitude") if getattr(self, n) != default_of(TrainConfig, n)]
+            if tuned:
+                raise ConfigError(f"{', '.join(tuned)} tune the randaugment preset; add --augmentation randaugment")
 
     def check_schedule(self) -> None:
         if not 0.0 <= self.warmup_epochs < self.epochs:
@@ -268,7 +275,7 @@ class FinetuneConfig(TrainConfig):
     weights: str = option("imagenet, keras-cv (V2-S only), none, or a local weights file / preset folder", "imagenet",
                           section="model")
     head_dropout: float = option("dropout before the classifier", 0.2, section="model", within=FRACTION)
-    image_size: int = option("square input size in pixels", 384, section="data", within=AT_LEAST_1)
+    image_size: int = option("square input size in pixels", 384, section="data", within=IMAGE_SIZE)
     batch_size: int = option("images per training step", 16, section="optimisation", within=AT_LEAST_1)
     strategy: str = option("which units train: full, head (the classifier alone), last_k, gradual (unfrozen from the top, "
                            "step by step)", "gradual", section="fine-tuning", choices=STRATEGIES)

@@ -24,6 +24,9 @@ EAGER_LIMIT = 32  # TensorFlow runs at most this many images op by op (runs_eage
 
 def load_checkpoint(path: str | Path) -> keras.Model:
     path = Path(path)
+    if path.is_dir():
+        hint = " (give its model.keras)" if (path / "model.keras").is_file() else ""
+        raise DataError(f"{path} is a folder, not a .keras model file{hint}")
     if not path.is_file():
         raise DataError(f"checkpoint not found: {path}")
     if path.suffix != ".keras":
@@ -32,8 +35,9 @@ def load_checkpoint(path: str | Path) -> keras.Model:
         raise DataError(f"{path} is not a readable Keras model: the .keras archive is truncated or corrupt")
     try:
         return keras.models.load_model(path, compile=False)  # inference only; skips the training optimizer
-    except (ValueError, KeyError, OSError, zipfile.BadZipFile) as err:
-        raise DataError(f"{path} is not a readable Keras model ({' '.join(str(err).split())[:200]})") from err
+    except (ValueError, KeyError, OSError, TypeError, zipfile.BadZipFile) as err:
+        # TypeError: Keras's safe mode refused a class or function that the archive names (crafted or foreign)
+        raise DataError(f"{path} is not a readable Keras model of inat-keras ({' '.join(str(err).split())[:200]})") from None
 
 
 def data_root(checkpoint: Path, data_dir: str | None, demo: bool) -> Path:

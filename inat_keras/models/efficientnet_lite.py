@@ -206,21 +206,28 @@ def _classifier_shell() -> keras.Model:
     return keras.Model(inputs, layers.Dense(1000, name="predictions")(x), name="efficientnet_lite0_weights")
 
 
-def load_weights(backbone: keras.Model, weights: str) -> tuple[float, float]:
-    """Fill the backbone from the --weights source; returns the (scale, offset) its weights expect."""
-    if weights == "none":
-        log.warning("--weights none: random initialisation, for tests and experiments only")
-        return SCALING
+def check_source(weights: str) -> None:
+    """A --weights value that cannot serve Lite0 is refused before anything is built or written."""
     if weights == "keras-cv":
         raise WeightsError("--weights keras-cv names keras-cv's EfficientNetV2-S preset; EfficientNet-Lite0 takes "
                            "imagenet, none, an EfficientNet-PyTorch .pth state dict or a .weights.h5 of this backbone")  # fmt: skip
     if weights == "imagenet":
+        packaged_file()
+    elif weights != "none" and not Path(weights).expanduser().is_file():
+        raise WeightsError(f"--weights must be imagenet, none or a weights file (.pth, .weights.h5); "
+                           f"{weights!r} is none of these (no such file)")  # fmt: skip
+
+
+def load_weights(backbone: keras.Model, weights: str) -> tuple[float, float]:
+    """Fill the backbone from the --weights source; returns the (scale, offset) its weights expect."""
+    check_source(weights)
+    if weights == "none":
+        log.warning("--weights none: random initialisation, for tests and experiments only")
+        return SCALING
+    if weights == "imagenet":
         source, source_sha = packaged_file(), SOURCE_SHA256
     else:
         source = Path(weights).expanduser()
-        if not source.is_file():
-            raise WeightsError(f"--weights must be imagenet, none or a weights file (.pth, .weights.h5); "
-                               f"{weights!r} is none of these (no such file)")  # fmt: skip
         if source.name.endswith(".weights.h5"):
             try:
                 backbone.load_weights(source)

@@ -129,8 +129,18 @@ def load_preset(backbone: keras.Model, preset: str) -> tuple[float, float]:
     return KERAS_CV_SCALING if source.include_rescaling else OFFICIAL_SCALING
 
 
+def check_source(weights: str) -> None:
+    """A --weights value that names nothing that exists is refused before anything is built or written."""
+    if weights not in NAMED_SOURCES and not Path(weights).expanduser().exists():
+        raise WeightsError(
+            f"--weights must be one of {', '.join(NAMED_SOURCES)}, a weights file or a preset folder; "
+            f"{weights!r} is none of these (no such file or folder)"
+        )
+
+
 def load_weights(backbone: keras.Model, weights: str) -> tuple[float, float]:
     """Fill the backbone from the --weights source; returns the (scale, offset) its weights expect."""
+    check_source(weights)
     if weights == "none":
         log.warning("--weights none: random initialisation, for tests and experiments only")
         return OFFICIAL_SCALING
@@ -144,10 +154,5 @@ def load_weights(backbone: keras.Model, weights: str) -> tuple[float, float]:
         if not (path / "config.json").is_file():
             raise WeightsError(f"{path} is not a keras-cv preset folder (no config.json)")
         return load_preset(backbone, str(path))
-    if not path.is_file():
-        raise WeightsError(
-            f"--weights must be one of {', '.join(NAMED_SOURCES)}, a weights file or a preset folder; "
-            f"{weights!r} is none of these (no such file or folder)"
-        )
     load_file(backbone, path)
     return OFFICIAL_SCALING

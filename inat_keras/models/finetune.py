@@ -28,6 +28,11 @@ class FinetuneArchitecture:
         return cls(config.backbone, config.image_size, config.weights, config.head_dropout)
 
 
+def check_weights(config) -> None:
+    """The --weights source of a FinetuneConfig, checked before anything is built or written."""
+    BUILDERS[config.backbone].check_source(config.weights)
+
+
 def build_finetune_model(config: FinetuneArchitecture, num_classes: int, augment: layers.Layer | None = None) -> keras.Model:
     """Raw pixels -> [augment, training only] -> scaling the weights expect -> backbone -> average pool ->
     dropout -> float32 logits."""

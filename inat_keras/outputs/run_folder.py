@@ -39,6 +39,8 @@ HISTORY, METRICS, SPLIT, CONFIG, BACKUP, WANDB_ID = (
 )  # fmt: skip
 # What a run may have written before its settings (config.yaml): nothing worth keeping.
 EARLY_FILES = {SPLIT, WANDB_ID, "wandb"}
+# What a run writes before its first epoch ends: a folder holding only these never blocks a corrected command.
+UNTRAINED_FILES = EARLY_FILES | {CONFIG, HISTORY}
 # The validation metrics a run can be selected by, with the direction that is better.
 METRIC_GOALS = {"val_accuracy": "maximize", "val_loss": "minimize"}
 
@@ -69,7 +71,8 @@ def open_run_dir(run_dir: Path, config: TrainConfig) -> bool:
     Empty: a new run. Holding only what a run writes before its settings are saved (killed during the
     image scan, a W&B error): started again. Holding the same settings (killed at any later point, even
     before the first epoch ended, or after a W&B error or missing weights): resumed, from its backup
-    when there is one. A finished run, other settings, or files of something else: refused.
+    when there is one. Other settings in a run that trained no epoch (its start failed): started again
+    with these. A finished run, other settings after an epoch, or files of something else: refused.
     """
     entries = {p.name for p in run_dir.iterdir()} - {LOCK} if run_dir.exists() else set()
     if not entries:
@@ -87,6 +90,11 @@ def open_run_dir(run_dir: Path, config: TrainConfig) -> bool:
             "choose a new --output-dir"
         )
     changed = changed_options(run_dir, config)
+    if changed and entries <= UNTRAINED_FILES and not read_history(run_dir / HISTORY):
+        log.info("%s holds a run that trained no epoch, with other settings (%s): starting it again", run_dir, ", ".join(changed))
+        for name in entries:
+            shutil.rmtree(run_dir / name) if (run_dir / name).is_dir() else (run_dir / name).unlink()
+        return False
     if changed:
         raise ConfigError(
             f"{run_dir} holds an interrupted run with other settings ({', '.join(changed)}); "

@@ -18,7 +18,7 @@ from ..config import KERNEL_PRESETS, FinetuneConfig, ScratchConfig, TrainConfig,
 from ..data.augment import device_augment
 from ..errors import ConfigError
 from ..models.cnn import CnnArchitecture, build_cnn, check_geometry, min_image_size
-from ..models.finetune import FinetuneArchitecture, build_finetune_model
+from ..models.finetune import FinetuneArchitecture, build_finetune_model, check_weights
 from ..models.strategies import Stage, plan_stages, schedule_metrics, stage_logger
 from .layer_rates import layer_rate_factors
 from .loop import run_training
@@ -88,7 +88,7 @@ KINDS = {
     ),
     "finetune": Kind(
         "finetune", FinetuneConfig, "finetune.yaml", "efficientnet", augmented(build_finetune_model, FinetuneArchitecture.of),
-        plan_stages=plan_stages,
+        plan_stages=plan_stages, check=check_weights,
         callbacks=stage_logger, metrics=schedule_metrics, rate_factors=layer_rate_factors,
     ),
 }  # fmt: skip

@@ -70,6 +70,7 @@ class Kind(Protocol):
     def callbacks(self, model: keras.Model) -> list: ...
     def metrics(self, model: keras.Model, stages: list[Stage]) -> dict: ...
     def rate_factors(self, model: keras.Model, config: TrainConfig) -> dict: ...
+    def check(self, config: TrainConfig) -> None: ...
 
 
 class TrainingDiverged(RuntimeError):
@@ -183,12 +184,17 @@ def run_training(config: TrainConfig, kind: Kind, final: bool = True, callbacks:
         finally:
             shutil.rmtree(run_dir, ignore_errors=True)
         return Path(config.output_dir or run_dir), {}
-    config = dataclasses.replace(config, wandb=tracking.resolve_mode(config.wandb))  # before any folder exists
+    kind.check(config)  # what can be checked is checked before any folder exists
+    config = dataclasses.replace(config, wandb=tracking.resolve_mode(config.wandb))
     run_dir = Path(config.output_dir) if config.output_dir else new_run_dir(kind.run_name(config))
     with folder_lock(run_dir):
         resuming = open_run_dir(run_dir, config)
-        return finish_run(dataclasses.replace(config, output_dir=str(run_dir)), kind, run_dir, resuming, placement, final,
-                          callbacks)  # fmt: skip
+        try:
+            return finish_run(dataclasses.replace(config, output_dir=str(run_dir)), kind, run_dir, resuming, placement,
+                              final, callbacks)  # fmt: skip
+        except KeyboardInterrupt as stop:
+            stop.run_dir = run_dir  # the command line says where the run stopped and how to resume it
+            raise
 
 
 def finish_run(config: TrainConfig, kind: Kind, run_dir: Path, resuming: bool, placement: Placement, final: bool,
