@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.recipe_data import SOURCE, write_folder  # noqa: E402
 from bench.recipe_evidence import run_command, summary, train  # noqa: E402
-from inat_keras.config import read_yaml  # noqa: E402
+from inat_keras.config import read_config_file  # noqa: E402
 from inat_keras.files import CACHE_HOME, write_json, write_text  # noqa: E402
 
 STUDY, GUIDE, PLUS = "configs/finetune.yaml", "configs/finetune_keras_guide.yaml", "configs/finetune_plus.yaml"
@@ -90,7 +90,7 @@ def main(argv=None) -> None:
         for name in args.rows:
             _, config, flags = ROWS[name]
             out = args.runs / run_name(config, flags, seed)
-            rate = ["--learning-rate", f"{read_yaml(ROOT / config)['learning_rate'] * args.lr_scale:g}"]
+            rate = ["--learning-rate", f"{read_config_file(ROOT / config)['learning_rate'] * args.lr_scale:g}"]
             command = run_command("finetune", config, data, seed, args.epochs, args.image_size, out, COMMON + flags + rate)
             results[name].append(train(command, out))
     rows = {name: summary(r) for name, r in results.items()}

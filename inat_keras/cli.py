@@ -147,8 +147,9 @@ def cmd_explain(args) -> None:
     print(f"outputs: {out_dir} ({len(index['images'])} image(s); index: {out_dir / 'explain.json'})")
 
 
-def cmd_predict(args) -> None:
-    """Unreadable files are warnings, not failures: each is named, the rest is predicted, the exit code is 0."""
+def cmd_predict(args) -> int:
+    """A file that cannot be read does not stop the rest: each is named, every row is written, and the exit code is 1
+    (0 when every file was predicted)."""
     from .serving.predict import predictor, write_csv
 
     options = options_from_args(args, PredictOptions)
@@ -166,13 +167,15 @@ def cmd_predict(args) -> None:
                 print(f"  {name:<20} {probability:7.2%}")
     for path, reason in unreadable:
         print(f"warning: cannot read {path}: {reason}", file=sys.stderr)
-    if unreadable:
-        where = f" (rows with an error in {options.csv})" if options.csv else ""
-        print(f"warning: {len(unreadable)} of {len(job.paths)} file(s) could not be read{where}", file=sys.stderr)
     if job.ignored:
         print(f"left out {job.ignored} hidden or non-image file(s) in the folders", file=sys.stderr)
     if options.csv:
         print(f"outputs: {options.csv} ({predicted} image(s) predicted)")
+    if unreadable:
+        where = f"; their rows in {options.csv} hold the reason" if options.csv else ""
+        print(f"{len(unreadable)} of {len(job.paths)} file(s) could not be read{where} (exit code 1)", file=sys.stderr)
+        return 1
+    return 0
 
 
 def cmd_export(args) -> None:
@@ -336,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     setup_backend()
     try:
-        args.func(args)
+        code = args.func(args)  # None, or the exit code of a command that finished with some inputs failed
     except (ConfigError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -347,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as stop:  # Ctrl-C: where it stopped, in one line
         print(f"stopped: {interrupted(stop)}", file=sys.stderr)
         return 130
-    return 0
+    return code or 0
 
 
 def interrupted(stop: KeyboardInterrupt) -> str:
@@ -357,5 +360,8 @@ def interrupted(stop: KeyboardInterrupt) -> str:
         return "interrupted; nothing half-written was left (outputs appear whole or not at all)"
     from .outputs.run_folder import HISTORY, read_history
 
-    epochs = len(read_history(run_dir / HISTORY))
+    try:
+        epochs = len(read_history(run_dir / HISTORY))
+    except DataError:  # a history damaged by the kill itself: the resume says what to do with it
+        return f"{run_dir} was interrupted; the same command (with --output-dir {run_dir}) resumes it"
     return f"{run_dir} holds {epochs} finished epoch(s); the same command (with --output-dir {run_dir}) resumes it"

@@ -19,7 +19,9 @@ Fixtures (a `make_...` fixture returns a function, for a test or a wider-scoped 
 
 Markers (registered in pyproject.toml):
 - large: takes more than about 30 s; `python -m pytest -m "not large"` is the quick local run.
-- tensorflow_only: a backend-independent test of other processes, run once, under TensorFlow.
+- backend_independent: what it checks does not depend on the backend (configs, data folders, run folders, sweeps,
+  reports, W&B, other processes): run once, in the TensorFlow pass. Whatever computes through the backend
+  (models, training steps, optimizers, augmentation, export, explain, predict) runs under both.
 
 Every test starts from keras.utils.set_random_seed(0) (Python, NumPy, TensorFlow and Keras's own generators):
 what a model draws does not depend on which tests ran before it in its worker. A module- or session-scoped
@@ -71,14 +73,14 @@ SEED = 0
 
 
 def pytest_collection_modifyitems(config, items):
-    """tensorflow_only: the test checks other processes (a CLI run, a lock, an installed wheel) through files and
-    exit codes; nothing it checks depends on the backend, so CI runs it once, in its TensorFlow pass."""
+    """backend_independent: nothing the test checks depends on the backend, so CI runs it once, in its TensorFlow
+    pass (the JAX pass covers what computes through the backend)."""
     if keras.backend.backend() == "tensorflow":
         return
-    skip = pytest.mark.skip(reason="backend-independent subprocess test: runs once, under TensorFlow")
-    for item in items:
-        if item.get_closest_marker("tensorflow_only"):
-            item.add_marker(skip)
+    once = [item for item in items if item.get_closest_marker("backend_independent")]
+    if once:
+        config.hook.pytest_deselected(items=once)
+        items[:] = [item for item in items if not item.get_closest_marker("backend_independent")]
 
 
 @pytest.fixture(autouse=True)

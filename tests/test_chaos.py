@@ -31,7 +31,7 @@ def strict_json(text: str):
 
 
 @pytest.mark.large
-@pytest.mark.tensorflow_only
+@pytest.mark.backend_independent
 def test_kills_at_every_point_leave_a_run_that_finishes_whole(tmp_path, make_image_folder, tiny_cnn_flags):
     data = make_image_folder(tmp_path / "data", {"train": 8, "val": 3})
     out = tmp_path / "run"

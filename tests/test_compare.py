@@ -12,6 +12,9 @@ from inat_keras.errors import DataError
 from inat_keras.serving.compare import compare_runs
 from inat_keras.inference.evaluation import prediction_rows, write_predictions
 
+# Files, configs, folders and reports: nothing here depends on the backend (conftest.py).
+pytestmark = pytest.mark.backend_independent
+
 NAMES = ["cat", "dog", "owl"]  # the classes of the hand-written predictions below (the messages tested name them)
 
 
@@ -88,3 +91,13 @@ def test_compare_command_prints_a_table_and_writes_json(tmp_path, capsys):
     assert saved["accuracy_difference"] == pytest.approx(2 / 40)
     assert main(["compare", str(a), str(tmp_path / "missing")]) == 2
     assert "error: no predictions.csv in" in capsys.readouterr().err
+
+
+def test_a_truncated_predictions_file_is_one_error_naming_it(tmp_path, capsys):
+    a, b, _, _ = paired_runs(tmp_path, only_a=3, only_b=1)
+    text = (b / "predictions.csv").read_text()
+    (b / "predictions.csv").write_text(text[: text.index("\n", len(text) // 2) + 30])  # a full disk, mid-row
+    assert main(["compare", str(a), str(b)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {b / 'predictions.csv'} is damaged (line ")
+    assert "run.py evaluate" in err[0]

@@ -9,6 +9,9 @@ from inat_keras.config import (
     overrides_from_args,
 )
 
+# Files, configs, folders and reports: nothing here depends on the backend (conftest.py).
+pytestmark = pytest.mark.backend_independent
+
 
 def test_presets_resolve_to_five_blocks():
     config = build_config(ScratchConfig, {"filters": "doubling32", "kernel_sizes": "decreasing"})

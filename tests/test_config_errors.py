@@ -8,6 +8,10 @@ import pytest
 
 from inat_keras.cli import main
 from inat_keras.config import ScratchConfig, build_config, load_config
+from inat_keras.errors import ConfigError
+
+# Files, configs, folders and reports: nothing here depends on the backend (conftest.py).
+pytestmark = pytest.mark.backend_independent
 
 
 def one_error_line(capsys, argv) -> str:
@@ -70,3 +74,27 @@ def test_a_read_only_output_folder_is_one_line(capsys, tmp_path, monkeypatch):
 def test_unknown_and_mistyped_options_are_refused_by_name(tiny_cnn_options):
     with pytest.raises(ValueError, match="unknown option"):
         build_config(ScratchConfig, {**tiny_cnn_options, "learning_rat": 0.1})
+
+
+@pytest.mark.parametrize(
+    "flags, refused",
+    [
+        (["--augmentation", "study", "--flip"], "flip tune the inat-keras augmentation preset, not the study preset"),
+        (["--augmentation", "study", "--no-flip"], "flip tune the inat-keras augmentation preset, not the study preset"),
+        (["--augmentation", "randaugment", "--zoom", "0.1"], "zoom tune the inat-keras augmentation preset"),
+        (["--augmentation", "inat-keras", "--randaugment-ops", "2"], "randaugment_ops tune the randaugment preset"),
+    ],
+)
+def test_a_flag_that_the_preset_fixes_is_refused_even_at_its_default(capsys, tmp_path, flags, refused):
+    argv = ["scratch", "--demo", "--output-dir", str(tmp_path / "run"), "--print-config", *flags]  # accepted: no training
+    line = one_error_line(capsys, argv)
+    assert refused in line and not (tmp_path / "run").exists()
+
+
+def test_a_preset_option_at_its_default_in_a_yaml_file_is_accepted(tmp_path):
+    """A written config (a sweep's best_config.yaml) lists every option, those of other presets at their defaults."""
+    path = tmp_path / "best.yaml"
+    path.write_text("augmentation: study\nflip: true\nrotation: 0.05\nrandaugment_ops: 2\n")
+    assert load_config(ScratchConfig, path).augmentation == "study"
+    with pytest.raises(ConfigError, match="flip tune the inat-keras augmentation preset"):
+        load_config(ScratchConfig, path, {"flip": True})

@@ -9,6 +9,9 @@ import pytest
 from inat_keras.cli import build_parser
 from inat_keras.config import ConfigError, FinetuneConfig, ScratchConfig, load_config, read_config_file, shipped_config, to_dict
 
+# Files, configs, folders and reports: nothing here depends on the backend (conftest.py).
+pytestmark = pytest.mark.backend_independent
+
 
 def test_a_file_builds_on_its_base_and_its_demo_section_on_the_bases(tmp_path):
     (tmp_path / "parent.yaml").write_text("epochs: 7\nlearning_rate: 0.01\ndemo_overrides:\n  epochs: 2\n  image_size: 40\n")

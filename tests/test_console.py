@@ -11,6 +11,10 @@ from PIL import Image
 from inat_keras.cli import main
 from inat_keras.outputs import tracking
 from inat_keras.outputs.run_folder import read_history
+import pytest
+
+# Files, configs, folders and reports: nothing here depends on the backend (conftest.py).
+pytestmark = pytest.mark.backend_independent
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -56,7 +56,7 @@ def test_corrupt_files_are_skipped_and_named(tmp_path, caplog, make_image_folder
         splits = load_splits(root, 0.5, 0)
     bad = {p.split("/")[-1] for p, _ in splits.skipped}
     assert bad == {"truncated.jpg", "garbage.png"}
-    assert "skipped 2 unreadable" in caplog.text and "truncated.jpg" in caplog.text and "garbage.png" in caplog.text
+    assert "skipped 2 file(s), unreadable" in caplog.text and "truncated.jpg" in caplog.text and "garbage.png" in caplog.text
     every = splits.train.paths + splits.val.paths + splits.test.paths
     assert not any(p.endswith(("truncated.jpg", "garbage.png")) for p in every)
     assert len(every) == 6 * 3 + 2 * 3

@@ -11,6 +11,9 @@ from inat_keras.data import sources as datasets
 from inat_keras.data.splits import list_images
 from inat_keras.errors import DataError
 
+# Files, configs, folders and reports: nothing here depends on the backend (conftest.py).
+pytestmark = pytest.mark.backend_independent
+
 
 def test_demo_data_are_the_real_digits_in_the_folder_layout(tmp_path):
     root = datasets.write_demo_data(tmp_path)

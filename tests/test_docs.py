@@ -11,6 +11,9 @@ import pytest
 from inat_keras.cli import build_parser, kind_config
 from inat_keras.config.reference import markdown
 
+# Files, configs, folders and reports: nothing here depends on the backend (conftest.py).
+pytestmark = pytest.mark.backend_independent
+
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 

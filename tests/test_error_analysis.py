@@ -9,8 +9,9 @@ import keras
 import numpy as np
 import pytest
 import wandb
+from PIL import Image
 
-from inat_keras.analysis import errors
+from inat_keras.analysis import errors, plots
 from inat_keras.config import ScratchConfig, build_config
 from inat_keras.data.pipeline import make_dataset
 from inat_keras.data.splits import Split, list_images
@@ -20,6 +21,9 @@ from inat_keras.config import EvaluateOptions
 from inat_keras.serving.evaluate import evaluate_checkpoint
 from inat_keras.training.kinds import KINDS
 from inat_keras.outputs.tracking import predictions_table
+
+# Files, configs, folders and reports: nothing here depends on the backend (conftest.py).
+pytestmark = pytest.mark.backend_independent
 
 
 def test_expected_calibration_error_equals_a_hand_computed_value():
@@ -187,8 +191,11 @@ def test_a_final_run_and_evaluate_write_the_error_analysis(image_folder, tmp_pat
     config = build_config(ScratchConfig, {**tiny_cnn_options, "data_dir": str(image_folder),
                                           "output_dir": str(tmp_path / "run"), "tta": True})  # fmt: skip
     run_dir, metrics = KINDS["scratch"].train(config)
-    for name in ("predictions.csv", "top_losses.png", "reliability_diagram.png", "confusion_matrix.png"):
+    for name in ("predictions.csv", *(f"{picture}.png" for picture in evaluation.PICTURES)):
         assert (run_dir / name).is_file(), name
+    for picture in evaluation.PICTURES:  # each titled with its run and its data
+        title = Image.open(run_dir / f"{picture}.png").text["Title"]
+        assert f"run {run_dir.name}  ·  data: data test (12 images)" in title, picture
     saved = json.loads((run_dir / "metrics.json").read_text())
     rows = read_csv(run_dir / "predictions.csv")
     split = json.loads((run_dir / "split.json").read_text())
@@ -211,8 +218,76 @@ def test_a_final_run_and_evaluate_write_the_error_analysis(image_folder, tmp_pat
     assert 0.0 <= saved["tta_test_accuracy"] <= 1.0 and saved["tta_test_loss"] > 0
 
     out, again = evaluate_checkpoint(EvaluateOptions(checkpoint=str(run_dir / "model.keras"), output_dir=str(tmp_path / "eval")))
+    title = Image.open(out / "confusion_matrix.png").text["Title"]
+    assert f"run {run_dir.name} (re-evaluated: eval)  ·  data: data test (12 images)" in title
     assert "tta_test_accuracy" not in again  # off by default
     assert again["most_confused"] == saved["most_confused"]
     assert [r["predicted_class"] for r in read_csv(out / "predictions.csv")] == [r["predicted_class"] for r in rows]
     same = compare_runs(run_dir, out)  # the run and its re-evaluation: one model, paired image by image
     assert same["accuracy_difference"] == 0 and same["mcnemar"]["p_value"] == 1.0
+
+
+# ---- the pictures --------------------------------------------------------------------------------------------
+
+CAPTION = "run r-20260101  ·  data: tiny test (4 images)"
+
+
+def texts(fig) -> list[str]:
+    return [t.get_text() for ax in fig.axes for t in ax.texts]
+
+
+def test_the_reliability_diagram_shows_each_accuracy_whole_even_above_the_confidence(tmp_path):
+    # an under-confident model: 0.6 confidence in bin (0.6, 0.667] is right 3 times in 4
+    probabilities = np.array([[0.62, 0.38]] * 4 + [[0.95, 0.05]] * 2)
+    labels = np.array([0, 0, 0, 1, 0, 1])
+    bins = errors.reliability_bins(probabilities, labels)
+    ece = errors.expected_calibration_error(probabilities, labels)
+    fig = plots.plot_reliability(bins, ece, tmp_path / "r.png", CAPTION)
+    top = fig.axes[0]
+    [accuracy] = [c for c in top.containers if c.get_label().startswith("accuracy")]
+    filled = bins["counts"] > 0
+    assert [bar.get_height() for bar in accuracy] == pytest.approx(bins["accuracy"][filled].tolist())
+    assert [bar.get_y() for bar in accuracy] == [0, 0]  # from 0: nothing is drawn over them in their colour
+    assert bins["accuracy"][filled][0] == 0.75 > bins["confidence"][filled][0]
+    legend, axes_box = top.get_legend().get_window_extent(), top.get_window_extent()
+    assert legend.x0 >= axes_box.x1  # beside the bins, covering none
+    title = fig.get_suptitle()
+    assert f"ECE {ece:.3f}" in title and CAPTION in title
+    assert CAPTION in Image.open(tmp_path / "r.png").text["Title"]
+
+
+def test_top_losses_come_largest_loss_first_with_each_file_and_both_probabilities(tmp_path):
+    images = np.zeros((3, 8, 8, 3), np.uint8)
+    image_losses = np.array([0.9, 3.0, 1.5])  # given out of order
+    fig = plots.plot_top_losses(images, np.array([0, 1, 2]), np.array([1, 2, 0]), np.array([0.6, 0.17, 0.5]),
+                                np.exp(-image_losses), image_losses, ["a", "b", "c"], tmp_path / "t.png",
+                                paths=["x/a1.jpg", "x/b2.jpg", "x/c3.jpg"], caption=CAPTION)  # fmt: skip
+    shown = [t for t in texts(fig) if t.startswith("#")]
+    assert [t.splitlines()[0] for t in shown] == ["#1  loss 3.00", "#2  loss 1.50", "#3  loss 0.90"]
+    assert shown[0].splitlines()[1:] == ["b2.jpg", "true: b (5%)", "pred: c (17%)"]
+    assert "largest loss first" in fig.get_suptitle() and CAPTION in fig.get_suptitle()
+
+
+def test_the_prediction_grid_is_compact_and_marks_wrong_images_in_words(tmp_path):
+    count = plots.GRID_ROWS * plots.GRID_COLS
+    labels, predicted = np.arange(count) % 10, np.arange(count) % 10
+    predicted[0] = 3
+    plots.plot_predictions(np.zeros((count, 64, 64, 3), np.uint8), labels, predicted, np.full(count, 0.5),
+                           [f"class{i}" for i in range(10)], tmp_path / "g.png", [f"f{i}.jpg" for i in range(count)],
+                           CAPTION)  # fmt: skip
+    with Image.open(tmp_path / "g.png") as picture:
+        assert picture.size[1] <= 1200 and CAPTION in picture.text["Title"]
+
+
+def test_the_confusion_matrix_has_row_shares_beside_counts_and_each_class_its_accuracy(tmp_path):
+    labels, predicted = np.array([0, 0, 0, 0, 1, 1, 2]), np.array([0, 0, 0, 1, 1, 2, 2])
+    names = ["a", "b", "c", "d"]
+    fig = plots.plot_confusion(labels, predicted, names, tmp_path / "c.png", CAPTION)
+    counts, shares = (ax.images[0].get_array() for ax in fig.axes if ax.images)
+    assert counts.tolist()[:3] == [[3, 1, 0, 0], [0, 1, 1, 0], [0, 0, 1, 0]]
+    assert shares.tolist() == [[0.75, 0.25, 0, 0], [0, 0.5, 0.5, 0], [0, 0, 1, 0], [0, 0, 0, 0]]
+    fig = plots.plot_class_accuracy(labels, predicted, names, tmp_path / "a.png", CAPTION)
+    bars = fig.axes[0].containers[0]
+    assert [bar.get_width() for bar in bars] == pytest.approx([0.75, 0.5, 1.0, 0.0])
+    assert {"3/4 (75%)", "1/2 (50%)", "1/1 (100%)", "no test images"} <= set(texts(fig))
+    assert all(CAPTION in Image.open(tmp_path / name).text["Title"] for name in ("c.png", "a.png"))

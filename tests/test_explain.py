@@ -8,10 +8,13 @@ import math
 import keras
 import numpy as np
 import pytest
+from matplotlib.text import Text
 from PIL import Image
 from scipy.special import erf
 
-from inat_keras.analysis.explain import grad_cam, gradcam_layer, guided_backprop, guided_model, run, strongest_channels
+from inat_keras.analysis.explain import (grad_cam, gradcam_layer, guided_backprop, guided_model, map_size, run,
+                                        strongest_channels)  # fmt: skip
+from inat_keras.analysis.explain_plots import plot_feature_maps, plot_gradcam, plot_guided
 from inat_keras.cli import main
 from inat_keras.config import FinetuneConfig, ScratchConfig, build_config
 from inat_keras.errors import ConfigError
@@ -86,6 +89,45 @@ def test_grad_cam_of_efficientnet_reads_the_backbone_and_depends_on_the_class(ef
     assert len({heat.tobytes() for heat in each_class.heat}) > 1  # a map that ignored the class would be the same
     assert each_class.classes.tolist() == [0, 1, 2]
     np.testing.assert_allclose(each_class.probabilities.sum(axis=1), 1.0, rtol=1e-6)
+
+
+def test_grad_cam_reads_the_last_feature_map_of_7x7_or_more_by_default():
+    model = cnn()  # 32 px, 1x1 kernels: blocks 1-5 at 32, 16, 8, 4 and 2 px
+    assert gradcam_layer(model) == "block3_act" and map_size(model, "block3_act") == (8, 8)
+    assert grad_cam(model, two_patches()).heat.shape == (1, 8, 8)
+    inputs = keras.Input((12, 12, 3))  # none learned as large as 7x7: the largest, the latest of equals
+    x = keras.layers.Rescaling(1 / 255, name="scale")(inputs)  # 12x12, but the input's pixels, not features
+    x = keras.layers.Conv2D(2, 7, name="a")(x)
+    x = keras.layers.Conv2D(2, 1, name="b")(x)
+    x = keras.layers.Conv2D(2, 3, name="c")(x)
+    small = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(x)))
+    assert gradcam_layer(small) == "b"
+
+
+def test_explain_pictures_say_how_they_are_scaled(tmp_path):
+    image = np.full((16, 16, 3), 120, np.uint8)
+    heat = np.zeros((4, 4))
+    heat[1, 2] = 3.0
+    fig = plot_gradcam(image, heat, "WRONG: predicted b (60%), true class a", tmp_path / "g.png", "run r  ·  data: x", True)
+    [title] = [t for t in fig.findobj(Text) if t.get_text() == fig.get_suptitle()]
+    assert title.get_text().endswith("run r  ·  data: x") and title.get_color() == "tab:red"
+    bar = [ax for ax in fig.axes if "share of its peak" in ax.get_ylabel()]
+    assert len(bar) == 1 and fig.axes[1].images[0].get_cmap().name == "inferno"
+    assert fig.axes[1].images[0].get_array().shape == (4, 4)  # the map at its own resolution, not smoothed
+
+    rng = np.random.default_rng(0)
+    maps = rng.normal(0, 1e-3, (2, 16, 16, 3))
+    maps[:, 0, 0, 0] = 10.0  # one extreme pixel, which had turned the rest of each panel grey
+    fig = plot_guided(image, maps, [3, 5], "guided", tmp_path / "b.png")
+    shown = fig.axes[1].images[0].get_array()
+    assert np.std(shown) > 0.15 and np.mean((shown == 0) | (shown == 1)) < 0.05
+    assert "99th percentile" in fig.get_suptitle() and "mean correlation" in fig.get_suptitle()
+
+    layer = rng.uniform(0, 1, (6, 6, 4)) * np.array([1, 10, 100, 1000])
+    fig = plot_feature_maps(layer, [3, 0], "maps", tmp_path / "f.png")
+    limits = {ax.images[0].get_clim() for ax in fig.axes if ax.images}
+    assert limits == {(layer[..., [3, 0]].min(), layer[..., [3, 0]].max())}  # one scale for every map
+    assert any("one scale for all" in ax.get_ylabel() for ax in fig.axes)
 
 
 def test_guided_backprop_is_refused_for_efficientnet_layers_and_skipped_by_default(efficientnet):
@@ -196,7 +238,15 @@ def test_explain_command_writes_every_picture_and_skips_what_does_not_decode(tin
     assert len(named) == 1 and named[0].startswith(f"skipped {broken}: ")
     index = json.loads((out / "explain.json").read_text())
     assert [e["path"] for e in index["images"]] == images and index["skipped"][0]["path"] == str(broken)
-    assert index["gradcam_layer"] == "block5_act" and index["guided_layer"] == "block5_act"
+    assert index["gradcam_layer"] == "block3_act" and index["gradcam_resolution"] == [8, 8]  # block4 is 4x4
+    assert index["guided_layer"] == "block5_act"
+    for entry, true in zip(index["images"], ("cat", "owl")):  # the class folder each file is in
+        assert entry["true_class"] == true and entry["correct"] == (entry["predicted"] == true)
+        with Image.open(out / entry["gradcam"]) as picture:
+            title = picture.text["Title"]
+        verdict = "right" if entry["correct"] else "WRONG"
+        assert title.startswith(f"{verdict}: predicted {entry['predicted']}") and f"true class {true}" in title
+        assert "block3_act (8x8)" in title and f"run {run_dir.name}" in title
     assert len(index["channels"]) == 4  # the tiny CNN's blocks have 4 channels; 10 were asked for
     pictures = [e[k] for e in index["images"] for k in ("gradcam", "guided")] + [index["filters"]]
     pictures += [index["feature_maps"][f"block{i}_act"] for i in range(1, 6)]

@@ -17,6 +17,9 @@ from inat_keras.sweeps.spec import load_plan
 from inat_keras.training.kinds import KINDS
 from inat_keras.outputs.run_folder import read_history, write_history
 
+# Files, configs, folders and reports: nothing here depends on the backend (conftest.py).
+pytestmark = pytest.mark.backend_independent
+
 RULE = {"type": "hyperband", "min_iter": 1, "eta": 3}  # judged once a trial has logged 2 epochs: the top third go on
 
 

@@ -8,7 +8,7 @@ from PIL import Image
 
 from inat_keras.cli import main
 from inat_keras.config import ConfigError
-from inat_keras.training.lr_find import smooth, steepest
+from inat_keras.training.lr_find import LRFindResult, plot, smooth, steepest
 
 
 def test_the_suggestion_is_where_the_loss_falls_fastest_before_its_minimum():
@@ -44,5 +44,20 @@ def test_lr_find_follows_the_ramp_plots_suggests_and_stops_when_the_loss_diverge
     suggestion = result["suggested_learning_rate"]
     assert result["rates"][0] <= suggestion < result["rates"][-1] and suggestion in result["rates"]
     assert suggestion == steepest(result["rates"], result["smoothed_losses"])
-    assert Image.open(out / "lr_find.png").size[0] > 300
+    with Image.open(out / "lr_find.png") as picture:
+        assert picture.size[0] > 300 and "run find  ·  data: data train (" in picture.text["Title"]
     assert f"{suggestion}"[:5] in capsys.readouterr().out
+
+
+def test_the_plot_holds_every_raw_loss_and_draws_the_suggested_rate(tmp_path):
+    rates = list(np.logspace(-5, 0, 40))
+    losses = [2.0 - 0.02 * i for i in range(30)] + [1.5, 1.2, 9.0, 1.4, 2.5, 4.0, 6.0, 8.0, 11.0, 14.0]  # a spike
+    smoothed = smooth(losses)
+    result = LRFindResult(rates, losses, smoothed, steepest(rates, smoothed), rates[20] / 10, True)
+    fig = plot(result, tmp_path / "lr.png", "run lr-find-x  ·  data: d train (8 images)")
+    ax = fig.axes[0]
+    low, high = ax.get_ylim()
+    assert low <= min(losses) and max(losses) <= high  # the raw loss is on the chart, spike and blow-up too
+    vertical = {line.get_xdata()[0] for line in ax.get_lines() if len(set(line.get_xdata())) == 1}
+    assert result.suggestion in vertical and result.minimum in vertical
+    assert "run lr-find-x" in fig.get_suptitle()

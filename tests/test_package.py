@@ -148,7 +148,7 @@ def test_a_missing_shipped_config_is_an_error_naming_it():
 
 
 @pytest.mark.large
-@pytest.mark.tensorflow_only
+@pytest.mark.backend_independent
 def test_a_wheel_installed_outside_the_checkout_runs_with_its_shipped_configs(tmp_path):
     """Non-editable install into a fresh virtual environment (its dependencies seen through a .pth file)."""
     wheels = tmp_path / "wheels"

@@ -1,7 +1,12 @@
-"""predict on folders: nested folders walked, files streamed in batches, top-k rows in a CSV, unreadable files
-listed without stopping the rest, EXIF orientation and alpha handled as in training."""
+"""predict on folders: nested folders walked (each real file once, however links lead to it), files streamed in
+batches, top-k rows in a CSV, unreadable files listed without stopping the rest (and the exit code 1), EXIF
+orientation and alpha handled as in training."""
 
 import csv
+import io
+import os
+import struct
+import zlib
 
 import keras
 import numpy as np
@@ -75,7 +80,7 @@ def test_predict_a_folder_to_csv(checkpoint, tmp_path, monkeypatch, capsys, clas
     code = main(["predict", "--checkpoint", str(model_path), str(photos), "--data-dir", str(data), "--csv", str(out),
                  "--top", "2", "--batch-size", "2"])  # fmt: skip
     captured = capsys.readouterr()
-    assert code == 0
+    assert code == 1  # two files could not be read
     with open(out, newline="") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["path", "class_1", "prob_1", "class_2", "prob_2", "error"]
@@ -92,6 +97,58 @@ def test_predict_a_folder_to_csv(checkpoint, tmp_path, monkeypatch, capsys, clas
     assert "3 image(s) predicted" in captured.out
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.csv")]  # no temporary CSV left behind
 
+
+def read_rows(path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_a_folder_with_a_link_loop_is_predicted_once_per_file(checkpoint, tmp_path, caplog):
+    model_path, data = checkpoint
+    photos = tmp_path / "photos"
+    (photos / "sub").mkdir(parents=True)
+    for i, name in enumerate(["a.jpg", "b.png", "sub/c.jpg"]):
+        Image.fromarray(quadrants(40, 40, 8 * (i + 1), 16)).save(photos / name)
+    os.symlink(".", photos / "sub" / "again")  # a loop: followed blindly, c.jpg is reached ~40 times
+    os.symlink(photos / "a.jpg", photos / "alias.jpg")
+    out = tmp_path / "out.csv"
+    code = main(["predict", "--checkpoint", str(model_path), str(photos), str(photos / "sub" / "c.jpg"),
+                 "--data-dir", str(data), "--csv", str(out)])  # fmt: skip
+    assert code == 0
+    assert [r["path"] for r in read_rows(out)] == [str(photos / name) for name in ("a.jpg", "b.png", "sub/c.jpg")]
+    for left_out in ("alias.jpg", "sub/again", "sub/c.jpg: the same file as"):
+        assert f"left out {photos / left_out}" in caplog.text
+
+
+def huge_png(path, width=20000, height=20000):
+    """A PNG of a few hundred bytes whose header claims width x height pixels (its IHDR patched, the CRC fixed)."""
+    buffer = io.BytesIO()
+    Image.fromarray(quadrants(8, 8, 4, 4)).save(buffer, "PNG")
+    data = bytearray(buffer.getvalue())
+    data[16:24] = struct.pack(">II", width, height)  # after the signature (8 bytes), the chunk's length and b"IHDR"
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))  # the CRC of the chunk's type and 13 data bytes
+    path.write_bytes(bytes(data))
+    return str(path)
+
+
+def test_failed_files_are_rows_and_the_exit_code_is_1(checkpoint, tmp_path, capsys):
+    model_path, data = checkpoint
+    good = tmp_path / "good.jpg"
+    Image.fromarray(quadrants(40, 40, 16, 16)).save(good)
+    bomb, broken = huge_png(tmp_path / "bomb.png"), tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG")
+    out = tmp_path / "out.csv"
+    inputs = [bomb, str(good), str(broken), str(tmp_path / "missing.jpg")]
+    code = main(["predict", "--checkpoint", str(model_path), *inputs, "--data-dir", str(data), "--csv", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    rows = read_rows(out)
+    assert [r["path"] for r in rows] == inputs and [bool(r["error"]) for r in rows] == [True, False, True, True]
+    assert rows[0]["error"].startswith("image too large: its header declares 400,000,000 pixels, more than")
+    assert err[-1] == f"3 of 4 file(s) could not be read; their rows in {out} hold the reason (exit code 1)"
+    from inat_keras.serving.explain import decode_images
+
+    assert decode_images([bomb, str(good)], 32, 3)[0] == [str(good)]  # explain reads images as predict does
 
 
 def test_an_exif_rotated_photo_is_predicted_upright(checkpoint, tmp_path, class_names):

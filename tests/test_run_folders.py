@@ -10,14 +10,19 @@ from pathlib import Path
 
 import pytest
 
+from inat_keras.cli import main
 from inat_keras.config import ScratchConfig, build_config
-from inat_keras.errors import ConfigError
+from inat_keras.errors import ConfigError, DataError
+from inat_keras.inference import evaluation
 from inat_keras.locks import LOCK, folder_lock
 from inat_keras.sweeps.launch import run_sweep
 from inat_keras.outputs import tracking
 from inat_keras.training import loop
 from inat_keras.training.kinds import KINDS
 from inat_keras.outputs.run_folder import read_history
+
+# Files, configs, folders and reports: nothing here depends on the backend (conftest.py).
+pytestmark = pytest.mark.backend_independent
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -62,7 +67,7 @@ runpy.run_module("inat_keras", run_name="__main__", alter_sys=True)
 """
 
 
-@pytest.mark.tensorflow_only
+@pytest.mark.backend_independent
 def test_two_processes_on_one_folder_one_trains_the_other_is_refused(image_folder, tmp_path, tiny_cnn_flags):
     out, release = tmp_path / "run", tmp_path / "release"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -167,3 +172,85 @@ def test_a_run_resumed_after_its_last_epoch_writes_valid_json_with_every_process
     assert metrics["seconds_per_epoch"] == pytest.approx(float(rows[1]["epoch_seconds"]))
     assert metrics["first_epoch_seconds"] == pytest.approx(float(rows[0]["epoch_seconds"]))
     assert metrics["training_processes"] == 1 and metrics["train_seconds"] > 0
+
+
+@pytest.fixture
+def interrupted_run(image_folder, tmp_path, config_for, interrupt):
+    """A run of 2 epochs killed as its second began: split.json, config.yaml, one history row, model.keras and its
+    backup of epoch 1. Returns (config, folder)."""
+    out = tmp_path / "run"
+    config = config_for(image_folder, out, epochs=2)
+    with pytest.raises(KeyboardInterrupt):
+        dataclasses.replace(KINDS["scratch"], callbacks=lambda model: [interrupt(at_epoch=1)]).train(config)
+    return config, out
+
+
+def test_damaged_run_files_are_one_error_naming_the_file(interrupted_run):
+    config, out = interrupted_run
+    split, history = (out / "split.json").read_text(), (out / "history.csv").read_text()
+    damages = {
+        "split.json": [split[: len(split) // 2], '{"root": 5}', json.dumps({**json.loads(split), "train": "all"}),
+                       json.dumps({**json.loads(split), "class_names": ["x"]}), "[]"],
+        "history.csv": [history + "2,0.5,oops\n", history + "garbage\n", history.replace(",", ";")],
+        "checkpoint.json": ['{"epo', '{"epoch": "one"}', "3"],
+    }  # fmt: skip
+    for name, contents in damages.items():
+        whole = (out / name).read_text()
+        for content in contents:
+            (out / name).write_text(content)
+            with pytest.raises(DataError) as caught:
+                KINDS["scratch"].train(config)
+            message = str(caught.value)
+            assert "\n" not in message and message.startswith(f"{out / name} is damaged"), message
+            assert "--output-dir" in message or "delete it and resume" in message
+        (out / name).write_text(whole)
+    (out / "checkpoint.json").unlink()  # what the message about it says to do: the run resumes
+    _, metrics = KINDS["scratch"].train(config)
+    assert metrics["epochs_run"] == 2 and [int(r["epoch"]) for r in read_history(out / "history.csv")] == [1, 2]
+
+
+def test_a_killed_writer_leaves_no_temporary_file_that_blocks_the_folder(image_folder, tmp_path, config_for):
+    out = tmp_path / "run"
+    out.mkdir()
+    abandoned = out / f".split.json.{dead_pid()}.tmp"  # killed while writing the first file of the run
+    abandoned.write_text('{"root": "/da')
+    _, metrics = KINDS["scratch"].train(config_for(image_folder, out, epochs=1))
+    assert metrics["epochs_run"] == 1 and not abandoned.exists()
+
+
+def test_evaluate_publishes_its_folder_whole_and_a_killed_one_runs_again(tiny_run, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "evaluation"
+    argv = ["evaluate", "--checkpoint", str(tiny_run.run_dir / "model.keras"), "--output-dir", str(out)]
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluation, "plot_confusion", killed)  # predictions.csv is written by then
+    assert main(argv) == 130
+    assert not out.exists() and not list(tmp_path.iterdir())
+    monkeypatch.undo()
+    abandoned = tmp_path / f"evaluation.partial-{dead_pid()}"  # what a SIGKILL leaves
+    (abandoned / "wandb").mkdir(parents=True)
+    capsys.readouterr()
+    assert main(argv) == 0, capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["evaluation"]
+    assert {"metrics.json", "predictions.csv", "confusion_matrix.png"} <= {p.name for p in out.iterdir()}
+    assert json.loads((out / "metrics.json").read_text())["test_images"] == tiny_run.metrics["test_images"]
+
+
+def test_a_folder_saved_before_an_option_existed_resumes_when_the_option_is_at_its_default(tmp_path):
+    """A new option must not make every older run and sweep folder refuse to resume."""
+    import yaml
+
+    from inat_keras.config import changed_fields, save_config
+    from inat_keras.outputs.run_folder import CONFIG, changed_options
+
+    config = build_config(ScratchConfig, {"demo": True, "output_dir": str(tmp_path)})
+    save_config(config, tmp_path / CONFIG)
+    older = yaml.safe_load((tmp_path / CONFIG).read_text())
+    del older["tensorboard"], older["clip_norm"]  # options added after this folder was written
+    (tmp_path / CONFIG).write_text(yaml.safe_dump(older))
+    assert changed_options(tmp_path, config) == []
+    assert changed_options(tmp_path, dataclasses.replace(config, clip_norm=1.0)) == ["clip_norm"]
+    assert changed_options(tmp_path, dataclasses.replace(config, learning_rate=0.5)) == ["learning_rate"]
+    assert changed_fields(ScratchConfig, {"unknown": 1}, {}) == ["unknown"]  # a key no option knows still differs

@@ -3,8 +3,11 @@ study's published numbers beside ours. Part B's EfficientNetV2-S is replaced by 
 (its training is tested in test_strategies.py; here the orchestration is under test)."""
 
 import dataclasses
+import importlib.metadata
 import json
+import os
 import re
+import subprocess
 from pathlib import Path
 
 import keras
@@ -16,10 +19,23 @@ from inat_keras.config import STRATEGIES, StudyConfig, load_config, read_yaml, s
 from inat_keras.study import pipeline
 from inat_keras.study.pipeline import A_FINAL, B_FINAL, SWEEP_DIR, run_study, strategy_dir
 from inat_keras.study.reference import PART_A_TEST, PART_B_TEST, PART_B_VALIDATION
-from inat_keras.study.report import FINAL_PICTURES, error_analysis, fidelity_table, log_report, results_table, write_study_report
+from inat_keras.study.report import (
+    FINAL_PICTURES,
+    STRATEGIES_PNG,
+    error_analysis,
+    fidelity_table,
+    log_report,
+    results_table,
+    study_markdown,
+    write_study_report,
+)
 from inat_keras.training.kinds import KINDS, one_stage
 
-STUDY_PAGE = Path(__file__).resolve().parents[1] / "docs" / "study.md"
+# Files, configs, folders and reports: nothing here depends on the backend (conftest.py).
+pytestmark = pytest.mark.backend_independent
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDY_PAGE = ROOT / "docs" / "study.md"
 STEPS = [A_FINAL, *(strategy_dir(s) for s in STRATEGIES), B_FINAL]
 
 
@@ -107,11 +123,97 @@ def test_the_report_puts_the_published_numbers_beside_ours(study):
         ours = first.steps[strategy_dir(strategy)].metrics["best_val_accuracy"]
         assert re.search(rf"\| {100 * ours:.2f}% \| {100 * published:.2f}% \|", text), strategy
     assert PART_A_TEST["test_accuracy"] == 0.405 and PART_B_TEST["test_loss"] == 0.401
-    assert fidelity_table() in text and "random initialisation" in text
-    assert "![parallel coordinates of the trials](a-sweep/parallel_coordinates.png)" in text
+    assert fidelity_table(first) in text and "random initialisation" in text
+    assert "![Part A, the sweep: parallel coordinates of the trials](a-sweep/parallel_coordinates.png)" in text
     page = paths["report.html"].read_text()
     assert page.count("<img src=\"data:image/png;base64,") == text.count("![") and "![" not in page
-    assert page.count("<table>") == text.count("\n|---") + text.startswith("|---")
+    assert page.count("<table") == text.count("\n|---") + text.startswith("|---")
+
+
+def cell(text: str, row: str) -> list[str]:
+    """The cells of the first table row that starts with `row`."""
+    line = next(line for line in text.splitlines() if line.startswith(f"| {row} |"))
+    return [c.strip() for c in line.strip("|").split("|")][1:]
+
+
+def section(text: str, heading: str) -> str:
+    return text.split(heading, 1)[1].split("\n## ", 1)[0].split("\n### ", 1)[0]
+
+
+def test_every_comparison_states_what_both_numbers_were_measured_on(study):
+    first, paths, _, _ = study
+    text, data = paths["report.md"].read_text(), first.settings.data_dir
+    tested = section(text, "### Part A: the best model on the test set")
+    assert cell(tested, "data") == [f"images (`{data}`): 30 train / 12 test images", "iNaturalist-12K: 9,999 train / 2,000 test images"]
+    assert cell(tested, "image size") == ["32x32", "224x224"] and cell(tested, "epochs") == ["1", "10"]
+    assert cell(tested, "weights") == ["none (from scratch)"] * 2
+    strategies = section(text, "### Part B: the strategies (validation accuracy)")
+    assert "| strategy | ours | the study | epochs (ours / the study) |" in strategies
+    assert all(cell(strategies, name)[2] == "1 / 10" for name in ("full", "head only", "last k units", "gradual unfreezing"))
+    assert cell(strategies, "data") == [f"images (`{data}`): 24 train / 6 validation images",
+                                        "iNaturalist-12K: 7,999 train / 2,000 validation images"]  # fmt: skip
+    assert cell(strategies, "weights") == ["none (random initialisation)", "ImageNet (torchvision IMAGENET1K_V1)"]
+    assert cell(strategies, "model") == ["EfficientNetV2-S", "EfficientNetV2-S"]
+    final = section(text, "### Part B: the final run on the test set")
+    assert cell(final, "image size") == ["32x32", "384x384"] and cell(final, "epochs") == ["1", "10"]
+    assert cell(final, "data")[0] == f"images (`{data}`): 30 train / 12 test images"
+
+
+def test_the_report_says_when_where_and_with_what_it_ran(study):
+    first, paths, _, _ = study
+    text = paths["report.md"].read_text()
+    assert text.startswith("# The study, reproduced\n")  # no folder name, and no demo
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d \(this report\)", cell(text, "date")[0])
+    packages = cell(text, "packages")[0]
+    for name in ("inat-keras", "keras", "tensorflow", "jax", "keras-cv"):
+        assert f"{name} {importlib.metadata.version(name)}" in packages
+    if (ROOT / ".git").exists():
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout
+        assert cell(text, "git commit")[0].startswith(head.strip())
+    assert re.fullmatch(rf"CPU: .+, {os.cpu_count()} cores; accelerator: .+", cell(text, "device")[0])
+    assert cell(text, "backend") == [keras.backend.backend()] and cell(text, "seeds") == ["42"]
+    assert re.fullmatch(r"[\d.]+ min of training in 2 trial\(s\) and 6 runs; this call [\d.]+ min", cell(text, "run time")[0])
+    demo = dataclasses.replace(first, settings=dataclasses.replace(first.settings, demo=True, data_dir=None))
+    shown = study_markdown(demo)
+    assert shown.startswith("# The study, reproduced (demo)\n") and "**Demo data**" in shown
+    assert "demo: scikit-learn digits, 8x8 upscaled: 30 train / 12 test images" in shown
+
+
+def test_the_fidelity_table_describes_what_this_study_ran(study):
+    first, paths, _, _ = study
+    ran, shipped = fidelity_table(first), fidelity_table()
+    assert "| B | input | Resize((384,384)), ImageNet mean/std (finetune_model.py:26-28) | 32, the weights' own scaling | " \
+           "**this run differs from the study's setting**; besides: see above |" in ran  # fmt: skip
+    assert "| B | batch, epochs | 16, 10 | 16, 1 | **this run differs from the study's setting** |" in ran
+    assert "| 384, the weights' own scaling | see above |" in shipped and "| 16, 10 | 16, 10 | none |" in shipped
+    assert "`sweep.yaml`: bayes on `val_accuracy`, 1 parameter(s), 2 trial(s)" in ran
+    assert "| A | split | `train_test_split` 20%, stratified, seed 42 (data_utils.py:47-53) | 20% stratified, seed 42 " \
+           "(scikit-learn) | none |" in ran  # what did not change says none  # fmt: skip
+
+
+def test_the_report_shows_every_runs_curves_and_the_strategies_on_one_picture(study):
+    first, paths, _, _ = study
+    text, study_dir = paths["report.md"].read_text(), first.study_dir
+    for name, step in first.steps.items():
+        drawn, finished = ((step.run_dir / name).stat().st_mtime_ns for name in ("curves.png", "metrics.json"))
+        assert drawn <= finished  # drawn by the run itself when its training ended, not by the report
+        assert re.search(rf"!\[Part [AB], [^\]]*`{name}`: training curves[^\]]*\]\({name}/curves.png\)", text), name
+    assert f"![Part B, the strategies: validation accuracy and loss per epoch, one line per strategy]({STRATEGIES_PNG})" in text
+    assert (study_dir / STRATEGIES_PNG).is_file()
+    captions = re.findall(r"!\[([^\]]+)\]", text)
+    assert len(captions) == len(set(captions))  # Part A's and Part B's pictures told apart
+
+
+def test_the_contents_link_to_every_heading(study):
+    _, paths, _, _ = study
+    text, page = paths["report.md"].read_text(), paths["report.html"].read_text()
+    contents = section(text, "## Contents")
+    headings = re.findall(r"^#{2,3} (.+)$", text.split("## Contents", 1)[1], re.M)
+    links = re.findall(r"\[([^\]]+)\]\(#([^)]+)\)", contents)
+    assert [title for title, _ in links] == headings and len(headings) >= 9
+    for title, anchor in links:
+        assert re.search(rf'<h[23] id="{anchor}">', page), anchor
+        assert f'<a href="#{anchor}">' in page
 
 
 def test_the_error_analysis_is_shown_when_present_and_skipped_when_absent(study, tmp_path):

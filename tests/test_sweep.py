@@ -2,6 +2,9 @@ import csv
 import dataclasses
 import json
 import math
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,9 +18,13 @@ from inat_keras.outputs import run_folder, tracking
 from inat_keras.outputs.run_folder import read_history
 from inat_keras.cli import main
 from inat_keras.config import PLACE_OPTIONS, ConfigError, ScratchConfig, load_config, shipped_config
+from inat_keras.errors import DataError
 from inat_keras.training.kinds import KINDS, Kind
 from inat_keras.sweeps.report import from_folder, importance
 from inat_keras.training.loop import TrainingDiverged
+
+# Files, configs, folders and reports: nothing here depends on the backend (conftest.py).
+pytestmark = pytest.mark.backend_independent
 
 STUDY_SPACE = {
     "augment": [True, False],
@@ -409,7 +416,8 @@ def test_importance_finds_the_parameter_that_decides_the_metric():
         {"name": f"t{i}", "number": i, "state": "finished", "metric": 0.2 + 0.5 * (lr == 0.001) + 0.01 * (i % 2),
          "params": {"learning_rate": lr, "activation": act}}
         for i, (lr, act) in enumerate([(0.01, "relu"), (0.001, "relu"), (0.01, "gelu"), (0.001, "gelu"),
-                                       (0.01, "relu"), (0.001, "gelu"), (0.01, "gelu"), (0.001, "relu")])
+                                       (0.01, "relu"), (0.001, "gelu"), (0.01, "gelu"), (0.001, "relu"),
+                                       (0.01, "gelu"), (0.001, "relu"), (0.01, "relu"), (0.001, "gelu")])  # 10 at least
     ]
     record = sweep_report_record(trials)
     rows = {r["parameter"]: r for r in importance(record)}
@@ -458,3 +466,43 @@ def test_a_wandb_sweep_is_reported_like_a_local_one(tmp_path, monkeypatch, tiny_
     best = yaml.safe_load(written["best_config.yaml"].read_text())
     assert best["learning_rate"] == 0.01 and "kind" not in best and "classes" not in best
     load_config(ScratchConfig, written["best_config.yaml"], {"demo": True})
+
+
+def failing_sweep(tmp_path, image_folder, monkeypatch, make_sweep_file):
+    """A sweep of one trial that fails at once (no training): (sweep file, options, folder)."""
+    def refuse(config):
+        raise ConfigError("not trained here")
+
+    monkeypatch.setitem(KINDS, "scratch", with_training(KINDS["scratch"], refuse))
+    path = make_sweep_file(tmp_path, {"learning_rate": {"values": [0.01, 0.003]}}, method="grid")
+    options, out = {"data_dir": str(image_folder)}, tmp_path / "sweep"
+    launch.run_sweep(path, 1, options, out)
+    return path, options, out
+
+
+def test_a_damaged_trials_file_is_one_error_for_the_resume_and_the_report(image_folder, tmp_path, monkeypatch, capsys,
+                                                                         make_sweep_file):  # fmt: skip
+    path, options, out = failing_sweep(tmp_path, image_folder, monkeypatch, make_sweep_file)
+    trials = out / "trials.json"
+    whole = json.loads(trials.read_text())
+    for damaged in (trials.read_text()[:40], json.dumps({**whole, "trials": {}}), json.dumps({**whole, "kind": 3}),
+                    json.dumps({**whole, "trials": [{"name": "trial-001"}]}), "[]"):  # fmt: skip
+        trials.write_text(damaged)
+        with pytest.raises(DataError, match=f"^{re.escape(str(trials))} is damaged .*rerun it in a new --output-dir"):
+            launch.run_sweep(path, 2, options, out)
+        capsys.readouterr()
+        assert main(["sweep-report", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"error: {trials} is damaged (")
+
+
+def test_a_trials_file_that_a_killed_sweep_was_writing_is_cleaned_up(image_folder, tmp_path, monkeypatch, make_sweep_file):
+    path, options, out = failing_sweep(tmp_path, image_folder, monkeypatch, make_sweep_file)
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    abandoned, live = out / f".trials.json.{child.pid}.tmp", out / ".trials.json.1.tmp"  # pid 1 always runs
+    abandoned.write_text('{"kind": "scr')
+    live.write_text('{"kind": "scr')
+    launch.run_sweep(path, 1, options, out)  # nothing left to run: the folder is only opened
+    assert len(json.loads((out / "trials.json").read_text())["trials"]) == 1
+    assert not abandoned.exists() and live.exists()

@@ -10,6 +10,9 @@ from inat_keras.sweeps.report import SweepRecord, best_config, encode
 from inat_keras.sweeps.spec import load_plan
 from inat_keras.training.kinds import KINDS
 
+# Files, configs, folders and reports: nothing here depends on the backend (conftest.py).
+pytestmark = pytest.mark.backend_independent
+
 
 def test_the_ranged_files_draw_rates_log_uniformly_and_dropout_uniformly():
     plan = load_plan(shipped_config("sweep_scratch_ranges.yaml"), {"demo": True, "image_size": 218})

@@ -18,10 +18,14 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 import inat_keras  # noqa: F401  (registers "inaturalist12k" with TFDS)
+from inat_keras.cli import main
 from inat_keras.data import tfds_dataset
 from inat_keras.data.decode import BACKGROUND, composite
 from inat_keras.data.sources import INAT_CLASSES
 from inat_keras.errors import DataError
+
+# Files, configs, folders and reports: nothing here depends on the backend (conftest.py).
+pytestmark = pytest.mark.backend_independent
 
 ROOT = Path(__file__).resolve().parent.parent
 ROTATED = "Mammalia/b.jpg"  # stored 40 wide x 30 high with EXIF orientation 6: upright it is 30 x 40
@@ -246,3 +250,23 @@ def test_training_from_the_records_splits_reports_and_learns_as_from_the_folder(
     assert records["source"] == {"tfds": str(data_dir)} and "source" not in folder
     assert from_records["train_images"] == from_folder["train_images"] and from_records["test_images"] == len(TEST_FILES)
     assert 0.0 <= from_records["test_accuracy"] <= 1.0
+
+
+def test_an_empty_or_wrong_manual_folder_is_an_error_saying_what_it_must_hold(tmp_path, capsys):
+    empty, other = tmp_path / "empty", tmp_path / "other"
+    empty.mkdir()
+    (other / "photos").mkdir(parents=True)
+    url = (tmp_path / "missing.zip").as_uri()  # never reached: nothing is downloaded
+    for folder, state in ((empty, "is empty"), (other, "holds no dataset"), (tmp_path / "absent", "does not exist")):
+        with pytest.raises(DataError) as caught:
+            tfds_dataset.prepare(str(tmp_path / "tfds"), manual_dir=str(folder), url=url)
+        assert str(caught.value).startswith(f"the manual folder {folder} {state}: it must hold inaturalist_12K/train/")
+    assert main(["tfds", "--tfds-dir", str(tmp_path / "tfds"), "--manual-dir", str(empty)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: the manual folder {empty} is empty")
+
+
+def test_a_failed_download_names_the_flag_that_builds_without_one(tmp_path):
+    with pytest.raises(DataError) as caught:  # a closed local port: the download fails at once
+        tfds_dataset.prepare(str(tmp_path / "tfds"), url="http://127.0.0.1:9/nature_12K.zip")
+    assert "--manual-dir" in str(caught.value) and "--data-dir" not in str(caught.value)

@@ -8,6 +8,9 @@ import pytest
 from inat_keras.cli import main
 from inat_keras.outputs import tracking
 
+# Files, configs, folders and reports: nothing here depends on the backend (conftest.py).
+pytestmark = pytest.mark.backend_independent
+
 
 @pytest.fixture
 def tiny(tiny_cnn_flags):

@@ -12,6 +12,9 @@ from inat_keras.cli import main
 from inat_keras.errors import ConfigError
 from inat_keras.outputs import tracking
 
+# Files, configs, folders and reports: nothing here depends on the backend (conftest.py).
+pytestmark = pytest.mark.backend_independent
+
 BOUND = tracking.REACH_TIMEOUT + 3  # seconds: the check's own limit and some slack for a loaded machine
 
 

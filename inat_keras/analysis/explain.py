@@ -20,6 +20,7 @@ from keras import layers, ops
 
 from ..errors import ConfigError
 
+GRADCAM_MIN_SIZE = 7  # the coarsest Grad-CAM map chosen by default: the 7x7 of ImageNet classifiers at 224 px
 NEURON_SCORE = "max"  # a neuron of a feature map: its channel's largest value, i.e. the most active unit
 _NOT_FEATURE_MAPS = (layers.MaxPooling2D, layers.AveragePooling2D, layers.Dropout, layers.SpatialDropout2D)
 
@@ -184,12 +185,27 @@ def feature_map_layers(model: keras.Model) -> list[str]:
     ]
 
 
+def map_size(model: keras.Model, name: str) -> tuple[int, int]:
+    """(rows, cols) of a feature-map layer's output."""
+    shape = model.get_layer(name).output.shape
+    return int(shape[1]), int(shape[2])
+
+
 def gradcam_layer(model: keras.Model) -> str:
-    """The last feature map: the CNN's last block activation, EfficientNetV2-S's backbone output."""
-    candidates = feature_map_layers(model)
+    """The last learned feature map of at least GRADCAM_MIN_SIZE x GRADCAM_MIN_SIZE (the CNN's last block that is
+    still that large; EfficientNetV2-S's backbone output, 7x7 at 224 px): a later, coarser one gives a map of a
+    few blobs that no longer follow the image. With none that large (small images), the largest, latest one.
+    Learned: from the first layer with weights on (input scaling is no feature map of the model's own)."""
+    inner = _inner_layers(model)
+    first = next((i for i, layer in enumerate(inner) if layer.weights), len(inner))
+    learned = {layer.name for layer in inner[first:]}
+    candidates = [name for name in feature_map_layers(model) if name in learned]
     if not candidates:
         raise ConfigError(f"{model.name} has no layer with a 2-D feature map for Grad-CAM")
-    return candidates[-1]
+    useful = [name for name in candidates if min(map_size(model, name)) >= GRADCAM_MIN_SIZE]
+    if useful:
+        return useful[-1]
+    return max(reversed(candidates), key=lambda name: min(map_size(model, name)))
 
 
 @dataclass

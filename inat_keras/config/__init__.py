@@ -20,7 +20,7 @@ from .commands import (
     SweepReportOptions,
     TfdsOptions,
 )
-from .fields import field_types, to_dict
+from .fields import changed_fields, field_types, to_dict
 from .flags import add_options, options_from_args, overrides_from_args
 from .training import (
     ACTIVATIONS,
@@ -52,7 +52,7 @@ __all__ = [
     "FILTER_PRESETS", "FinetuneConfig", "InfoOptions", "JIT_MODES", "KERNEL_PRESETS", "LR_SCHEDULES",
     "LrFindOptions", "PLACE_OPTIONS", "PRECISIONS", "PredictOptions", "RESUME_NEUTRAL_OPTIONS", "SCHEDULE_UNITS",
     "STRATEGIES", "ScratchConfig", "StudyConfig", "SweepOptions", "SweepReportOptions", "TfdsOptions", "TrainConfig",
-    "WANDB_MODES", "add_options", "build_config", "check_one_source", "commands", "field_types", "load_config",
+    "WANDB_MODES", "add_options", "build_config", "changed_fields", "check_one_source", "commands", "field_types", "load_config",
     "options_from_args", "overrides_from_args", "read_config_file", "read_yaml", "resolve_blocks", "save_config",
     "shipped_config", "to_dict",
 ]

@@ -70,7 +70,7 @@ class ExplainOptions(CheckpointSource):
                                     section="run")
     class_name: str | None = option("Grad-CAM of this class for every image (default: each one's predicted class)",
                                     section="command", metavar="NAME", flag="--class")
-    gradcam_layer: str | None = option("feature-map layer for Grad-CAM (default: the last, the CNN's block5_act, "
+    gradcam_layer: str | None = option("feature-map layer for Grad-CAM (default: the last learned one of 7x7 or more, "
                                        "EfficientNet's backbone)", section="command", metavar="NAME")
     layer: str | None = option("the CNN layer whose neurons guided backpropagation explains (default: its last block, "
                                "block5_act)", section="command", metavar="NAME")

@@ -78,5 +78,18 @@ def default_of(cls, name: str):
     return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
 
+def changed_fields(cls, saved: dict, current: dict) -> list[str]:
+    """The fields whose values differ; one missing on a side is its default there (a folder written before the
+    option existed ran with what its default does)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    missing = object()
+
+    def value(values, name):
+        found = values.get(name, missing)
+        return default_of(cls, name) if found is missing and name in names else found
+
+    return sorted(k for k in set(saved) | set(current) if value(saved, k) != value(current, k))
+
+
 def to_dict(config) -> dict:
     return dataclasses.asdict(config)

@@ -49,7 +49,8 @@ JIT_MODES = ("auto", "on", "off")
 # (sweeps may not search them; a sweep's best configuration leaves them out).
 PLACE_OPTIONS = ("data_dir", "demo", "tfds_dir", "output_dir", "wandb", "wandb_project")
 # Options that change how a run is carried out, not what it computes: an interrupted run resumes under other values.
-RESUME_NEUTRAL_OPTIONS = ("output_dir", "wandb", "epochs", "early_stopping", "steps_per_execution", "jit_compile", "cache", "tta")
+RESUME_NEUTRAL_OPTIONS = ("output_dir", "wandb", "epochs", "early_stopping", "steps_per_execution", "jit_compile", "cache", "tta",
+                          "tensorboard")  # fmt: skip
 
 AT_LEAST_1 = Range(1)
 FRACTION = Range(0.0, 1.0, high_open=True)  # [0, 1)
@@ -172,6 +173,8 @@ class TrainConfig:
     wandb: str = option("W&B mode: auto (online if logged in, else offline), online, offline, disabled", "auto",
                         section="tracking", choices=WANDB_MODES)
     wandb_project: str = option("W&B project name", "inat-keras", section="tracking")
+    tensorboard: bool = option("also write TensorBoard logs to RUN/tensorboard/ (`tensorboard --logdir runs/`); needs the "
+                               "tensorboard package (pip install tensorboard)", False, section="tracking")
     # performance
     precision: str = option("float32, mixed_float16 or mixed_bfloat16 (compute in 16 bits, weights and logits in 32)",
                             "float32", section="performance", choices=PRECISIONS)
@@ -202,18 +205,20 @@ class TrainConfig:
         if self.val_fraction == 0 and self.early_stopping:
             raise ConfigError("early_stopping watches val_accuracy: it needs val_fraction > 0")
 
-    def check_preset(self) -> None:
-        if self.augmentation != "inat-keras":
-            tuned = [name for name in INAT_KERAS_AUGMENTS if getattr(self, name) != default_of(TrainConfig, name)]
-            if tuned:
-                raise ConfigError(
-                    f"{', '.join(tuned)} tune the inat-keras augmentation preset, not the {self.augmentation} preset "
-                    "(drop them, or use --augmentation inat-keras)"
-                )
-        if self.augmentation != "randaugment":
-            tuned = [n for n in ("randaugment_ops", "randaugment_magnitude") if getattr(self, n) != default_of(TrainConfig, n)]
-            if tuned:
-                raise ConfigError(f"{', '.join(tuned)} tune the randaugment preset; add --augmentation randaugment")
+    def check_preset(self, given: frozenset[str] | set[str] = frozenset()) -> None:
+        """The options of a preset other than the chosen one are refused: those off their defaults, and those in
+        `given` (typed as flags or passed as overrides: yaml_files.load_config) whatever their value."""
+
+        def tuned(names) -> list[str]:
+            return [name for name in names if name in given or getattr(self, name) != default_of(TrainConfig, name)]
+
+        if self.augmentation != "inat-keras" and (names := tuned(INAT_KERAS_AUGMENTS)):
+            raise ConfigError(
+                f"{', '.join(names)} tune the inat-keras augmentation preset, not the {self.augmentation} preset "
+                "(drop them, or use --augmentation inat-keras)"
+            )
+        if self.augmentation != "randaugment" and (names := tuned(("randaugment_ops", "randaugment_magnitude"))):
+            raise ConfigError(f"{', '.join(names)} tune the randaugment preset; add --augmentation randaugment")
 
     def check_schedule(self) -> None:
         if not 0.0 <= self.warmup_epochs < self.epochs:

@@ -17,6 +17,7 @@ import yaml
 from ..errors import ConfigError
 from ..files import write_text
 from .fields import field_types, to_dict
+from .training import TrainConfig
 
 DEMO_SECTION = "demo_overrides"
 BASE_KEY = "base"  # a file this one builds on, relative to it (or a shipped config's name)
@@ -149,7 +150,10 @@ def load_config(cls, path: str | Path | None = None, overrides: dict | None = No
     file_source = str(path or "options")
     sources = {name: file_source for name in values} | {name: "command line" for name in overrides}
     values.update(overrides)
-    return build_config(cls, values, source=file_source, sources=sources)
+    config = build_config(cls, values, source=file_source, sources=sources)
+    if isinstance(config, TrainConfig):
+        config.check_preset(set(overrides))  # a flag that the chosen preset ignores is refused, even at its default
+    return config
 
 
 def save_config(config, path: Path) -> None:

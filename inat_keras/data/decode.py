@@ -5,11 +5,13 @@ over one fixed background, resized by squashing to a square.
 Transparent and semi-transparent pixels (RGBA, LA) are composited over BACKGROUND, the ImageNet mean
 colour, which the models' normalisation maps to zero: a cut-out shows the same neutral background
 whatever colours its invisible pixels held. JPEGs are decoded at the reduced ratio their size allows.
+An image whose header declares more than MAX_PIXELS pixels is refused from its header, before any pixel is decoded.
 """
 
 from __future__ import annotations
 
 import re
+import warnings
 
 import tensorflow as tf
 from PIL import Image
@@ -18,12 +20,32 @@ JPEG_RATIOS = (1, 2, 4, 8)  # the scalings libjpeg decodes to directly
 BACKGROUND = (124, 116, 104)  # RGB: the ImageNet mean colour
 EXIF_ORIENTATION = 0x0112
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
+# The most pixels an image may declare: Pillow's default MAX_IMAGE_PIXELS (2**30 // 4 // 3, 89.5 megapixels), past
+# which Pillow warns of a decompression bomb (and refuses at twice as many). Decoded, such an image is 256 MiB of
+# RGB and TensorFlow's float resize needs 1 GiB more, several at once in the parallel decode; an 80-megapixel
+# camera's photos still fit. A header claiming more (a few hundred KB can claim 20000x20000) is skipped, named.
+MAX_PIXELS = 89_478_485
+# Every image past Pillow's warning limit is refused here with its reason: Pillow's warning would only repeat it.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
+class ImageTooLarge(ValueError):
+    """The header declares more than MAX_PIXELS pixels."""
 
 
 def exif_orientation(path: str) -> int:
-    """The EXIF orientation tag (1-8; 1 = upright, also for files without EXIF)."""
-    with Image.open(path) as image:
-        value = image.getexif().get(EXIF_ORIENTATION, 1)
+    """The EXIF orientation tag (1-8; 1 = upright, also for files without EXIF), read from the header, which must
+    declare at most MAX_PIXELS pixels (else ImageTooLarge)."""
+    try:
+        with Image.open(path) as image:
+            pixels, shown = image.width * image.height, f" ({image.width}x{image.height})"
+            value = image.getexif().get(EXIF_ORIENTATION, 1) if pixels <= MAX_PIXELS else 1
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:  # Pillow stops past its own limit
+        count = re.search(r"\((\d+) pixels\)", str(err))
+        pixels, shown = int(count.group(1)) if count else MAX_PIXELS + 1, ""
+    if pixels > MAX_PIXELS:
+        raise ImageTooLarge(f"image too large: its header declares {pixels:,} pixels{shown}, more than the "
+                            f"{MAX_PIXELS:,} an image may have; shrink it")  # fmt: skip
     return int(value) if value in range(1, 9) else 1
 
 
@@ -114,7 +136,14 @@ def squashed(image: tf.Tensor, image_size: int, channels: int) -> tf.Tensor:
 
 
 def unreadable_reason(path: str) -> str | None:
-    """Why the pipeline's decoder or the EXIF reader cannot use a file, in one line; None when both can."""
+    """Why the pipeline's decoder or the EXIF reader cannot use a file, in one line; None when both can. The header
+    is read first: an image too large is refused before its pixels are decoded."""
+    try:
+        exif_orientation(path)
+    except ImageTooLarge as err:
+        return str(err)
+    except (OSError, ValueError, SyntaxError):
+        pass  # the decoder below names what is wrong more precisely
     try:
         image = decode_rgb(tf.io.read_file(path), 1)
         if image.shape[0] < 1 or image.shape[1] < 1:

@@ -32,11 +32,12 @@ INAT_MIN_IMAGES = {TRAIN_DIR: 9_999, TEST_DIR: 2_000}
 DEMO_FOLDER = "demo_digits"
 
 
-def download(url: str, target: Path, chunk_bytes: int = 1 << 20, timeout: float = 30.0) -> Path:
+def download(url: str, target: Path, chunk_bytes: int = 1 << 20, timeout: float = 30.0,
+             by_hand: str = "download it by hand and pass --data-dir") -> Path:  # fmt: skip
     """Download with resume: bytes land in target.part and are renamed only once complete.
 
     A restarted download asks the server for the missing range; the final size is
-    checked against the server's Content-Length before the rename.
+    checked against the server's Content-Length before the rename. `by_hand`: what the command's user can do instead.
     """
     if target.exists():
         return target
@@ -46,12 +47,12 @@ def download(url: str, target: Path, chunk_bytes: int = 1 << 20, timeout: float 
     try:
         response = requests.get(url, headers=headers, stream=True, timeout=timeout)
     except requests.RequestException as err:
-        raise DataError(f"cannot reach {url} ({err}); download it by hand and pass --data-dir") from err
+        raise DataError(f"cannot reach {url} ({err}); {by_hand}") from err
     with response:
         if response.status_code == 416:
             total = have
         elif response.status_code not in (200, 206):
-            raise DataError(f"{url} answered HTTP {response.status_code}; download it by hand and pass --data-dir")
+            raise DataError(f"{url} answered HTTP {response.status_code}; {by_hand}")
         else:
             if response.status_code == 200:
                 have = 0

@@ -1,7 +1,7 @@
 """Which image goes where: class folders listed (nested folders walked, as
-keras.utils.image_dataset_from_directory does), every file used or skipped with a reason, EXIF
-orientations read, train/ split into train and validation (stratified), val/ kept as the test set;
-and the record of a split that a run saves."""
+keras.utils.image_dataset_from_directory does, each real folder and file once whatever links lead to it),
+every file used or skipped with a reason, EXIF orientations read, train/ split into train and validation
+(stratified), val/ kept as the test set; and the record of a split that a run saves."""
 
 from __future__ import annotations
 
@@ -100,8 +100,82 @@ class Listing:
     class_names: list[str]
     paths: list[str]
     labels: list[int]
-    unsupported: list[tuple[str, str]]  # files that may be images but are of no readable format
+    unsupported: list[tuple[str, str]]  # files left out with their reason: of no readable format, reached twice
+    # through links, in a hidden folder, outside any class folder (split.json's "skipped" keeps them)
     ignored: int  # hidden files and obvious non-images
+
+
+@dataclass
+class Found:
+    """What a walk reached: images to read, files left out with their reason, and how many it ignored."""
+
+    images: list[str] = field(default_factory=list)
+    unsupported: list[tuple[str, str]] = field(default_factory=list)  # of no readable format
+    left_out: list[tuple[str, str]] = field(default_factory=list)  # reached twice, in a hidden folder, or outside a class
+    ignored: int = 0  # hidden files and obvious non-images
+
+
+HIDDEN_FOLDER = "in a hidden folder, left out as hidden files are; move it out to use it"
+
+
+class Walk:
+    """The one walk of image folders (training's scan and predict's alike). Links are followed, and every folder and
+    file is reached once by its real path: a link loop or a second way into a folder is not entered, a file reached
+    a second time is used once; both are left out with the path that reached them first."""
+
+    def __init__(self):
+        self.folders: dict[str, str] = {}  # real path -> the path that reached it first
+        self.files: dict[str, str] = {}
+
+    @staticmethod
+    def first(seen: dict[str, str], path: str) -> str | None:
+        """None when `path` is the first to reach its real place (it claims it), else the path that was first."""
+        real = os.path.realpath(path)
+        if real in seen:
+            return seen[real]
+        seen[real] = path
+        return None
+
+    def folder(self, folder: Path, found: Found, hidden: bool = False, claimed: bool = False) -> Found:
+        """Add the files under `folder` (`claimed`: by the caller already) and its nested folders, sorted, a folder's
+        own files before a link's; the images of a hidden folder (or all, with `hidden`) are left out."""
+        top = str(folder)
+        if not claimed and (first := self.first(self.folders, top)):
+            found.left_out.append((top, f"the same folder as {first}, read once"))
+            return found
+        for parent, dirs, files in os.walk(top, followlinks=True):
+            below = os.path.relpath(parent, top)
+            inside_hidden = hidden or (below != "." and any(part.startswith(".") for part in below.split(os.sep)))
+            kept = []
+            for name in _direct_first(parent, dirs):
+                path = os.path.join(parent, name)
+                if first := self.first(self.folders, path):
+                    found.left_out.append((path, f"a link to {first}, already reached: its files count once"))
+                else:
+                    kept.append(name)
+            dirs[:] = sorted(kept)
+            for name in _direct_first(parent, files):
+                self.file(os.path.join(parent, name), found, inside_hidden)
+        return found
+
+    def file(self, path: str, found: Found, hidden: bool = False) -> None:
+        name = os.path.basename(path)
+        suffix = os.path.splitext(name)[1].lower()
+        if name.startswith(".") or suffix in NOT_IMAGES or (hidden and suffix not in IMAGE_EXTENSIONS):
+            found.ignored += 1
+        elif hidden:
+            found.left_out.append((path, HIDDEN_FOLDER))
+        elif first := self.first(self.files, path):
+            found.left_out.append((path, f"the same file as {first} (through a link), used once"))
+        elif suffix in IMAGE_EXTENSIONS:
+            found.images.append(path)
+        else:
+            found.unsupported.append((path, f"not a supported image format ({', '.join(IMAGE_EXTENSIONS)})"))
+
+
+def _direct_first(parent: str, names: list[str]) -> list[str]:
+    """Names sorted, the real entries before the links: a file or folder is claimed by its own path first."""
+    return sorted(names, key=lambda name: (os.path.islink(os.path.join(parent, name)), name))
 
 
 def list_images(folder: Path) -> tuple[list[str], list[str], list[int]]:
@@ -110,38 +184,54 @@ def list_images(folder: Path) -> tuple[list[str], list[str], list[int]]:
     return listing.class_names, listing.paths, listing.labels
 
 
-def list_folder(folder: Path) -> Listing:
+def list_folder(folder: Path, walk: Walk | None = None) -> Listing:
+    """One split folder's classes and images. `walk`, shared by the split folders of one dataset, reaches each real
+    folder and file once across them. Two class folders that are one folder are an error; images in hidden folders
+    or directly in `folder` are left out with their reason."""
     if not folder.is_dir():
         raise DataError(f"split folder not found: {folder}")
-    class_names = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if not class_names:
+    walk = walk or Walk()
+    entries = sorted(folder.iterdir())
+    classes = [d for d in entries if d.is_dir() and not d.name.startswith(".")]
+    if not classes:
         raise DataError(f"{folder} has no class folders (expected {folder}/<class>/<image>)")
-    paths, labels, unsupported, ignored = [], [], [], 0
-    for label, name in enumerate(class_names):
-        found, odd, left_out = walk_images(folder / name)
-        unsupported, ignored = unsupported + odd, ignored + left_out
-        if not found:
-            raise DataError(f"class folder {folder / name} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
-        paths += found
-        labels += [label] * len(found)
-    return Listing(class_names, paths, labels, sorted(unsupported), ignored)
+    for d in classes:  # all claimed first: a link inside one class to another is not walked as its own
+        if first := walk.first(walk.folders, str(d)):
+            raise DataError(f"class folder {d} is the same folder as {first} ({os.path.realpath(d)}) through a link; "
+                            f"give each class a folder of its own (copy the images, or remove the link)")  # fmt: skip
+    found, paths, labels = Found(), [], []
+    for label, d in enumerate(classes):
+        start = len(found.images)
+        walk.folder(d, found, claimed=True)
+        if len(found.images) == start:
+            raise DataError(f"class folder {d} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+        paths += sorted(found.images[start:])
+        labels += [label] * (len(found.images) - start)
+    for entry in entries:
+        if entry.is_dir() and entry.name.startswith("."):
+            walk.folder(entry, found, hidden=True)
+        elif not entry.is_dir() and not entry.name.startswith(".") and entry.suffix.lower() in IMAGE_EXTENSIONS:
+            found.left_out.append((str(entry), f"not inside a class folder ({folder}/<class>/<image>); move it into one"))
+        elif not entry.is_dir():
+            found.ignored += 1
+    return Listing([d.name for d in classes], paths, labels, sorted(found.unsupported + found.left_out), found.ignored)
 
 
-def walk_images(folder: Path) -> tuple[list[str], list[tuple[str, str]], int]:
-    """The image files under `folder` and its nested folders (hidden ones skipped), sorted; the files of no
-    readable format, with the reason; and the count of hidden files and obvious non-images left out."""
-    found, unsupported, ignored = [], [], 0
-    for parent, dirs, files in os.walk(folder, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for file in files:
-            path, suffix = os.path.join(parent, file), os.path.splitext(file)[1].lower()
-            if file.startswith(".") or suffix in NOT_IMAGES:
-                ignored += 1
-            elif suffix in IMAGE_EXTENSIONS:
-                found.append(path)
-            else:
-                unsupported.append((path, f"not a supported image format ({', '.join(IMAGE_EXTENSIONS)})"))
-    return sorted(found), sorted(unsupported), ignored
+def first_few(paths: list[str], shown: int = 3) -> str:
+    """`a, b, c and 4 more`: the first files of a list, and how many more it holds."""
+    return ", ".join(paths[:shown]) + (f" and {len(paths) - shown} more" if len(paths) > shown else "")
+
+
+def added_since(root: Path, record: dict) -> list[str]:
+    """The files of train/ and val/ that a scan now uses or reports and that a saved split (split.json) does not
+    name: added since it was made. A listing only, no header is read."""
+    walk, now = Walk(), set()
+    for part in (TRAIN_DIR, TEST_DIR):
+        listing = list_folder(root / part, walk)
+        now.update(listing.paths, (path for path, _ in listing.unsupported))
+    named = {str(root / p) for part in ("train", "val", "test") for p in record[part]}
+    named.update(str(root / s["path"]) for s in record.get("skipped", []))
+    return sorted(now - named)
 
 
 def _read_header(path: str) -> tuple[bool, int]:
@@ -178,7 +268,8 @@ def load_splits(root: Path, val_fraction: float, seed: int, config: TrainConfig 
     The split is made from every file whose header reads; each part is then decoded once into the cache
     at the config's image size (the defaults' without one), and the files that do not decode leave it.
     So the same files give the same split whether or not their failures are already known."""
-    train, test = list_folder(root / TRAIN_DIR), list_folder(root / TEST_DIR)
+    walk = Walk()  # one for both folders: a file of val/ that is also in train/ is used once
+    train, test = list_folder(root / TRAIN_DIR, walk), list_folder(root / TEST_DIR, walk)
     if test.class_names != train.class_names:
         raise DataError(
             f"the test set's classes differ from train's: only in {TRAIN_DIR}/: "
@@ -222,7 +313,7 @@ def split_and_decode(root: Path, class_names: list[str], train: Split, test: Spl
     skipped.sort()
     if skipped:
         names = "\n  ".join(f"{p}: {reason}" for p, reason in skipped)
-        log.warning("skipped %d unreadable image(s) or unsupported file(s):\n  %s", len(skipped), names)
+        log.warning("skipped %d file(s), unreadable, unsupported or not where images are read:\n  %s", len(skipped), names)
     log.info("%s: %d training and %d test images in %d classes; %d skipped, %d hidden or non-image file(s) ignored",
              root, len(parts[0]) + len(parts[1]), len(parts[2]), len(class_names), len(skipped), ignored)  # fmt: skip
     counts = np.bincount(parts[0].labels, minlength=len(class_names))

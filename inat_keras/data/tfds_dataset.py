@@ -16,8 +16,9 @@ subcommands: without those packages it stops before reading its arguments.)
 
 Where the images come from, in order:
 1. `manual_dir` (TFDS's manual-download folder, by default <data_dir>/downloads/manual) when it holds
-   train/ and val/, or inaturalist_12K/train and val/: the unzipped archive, nothing is downloaded.
-2. Otherwise the archive at INAT_URL, or at the builder's `url` argument or $INAT_KERAS_INAT_URL (a
+   train/ and val/, or inaturalist_12K/train and val/: the unzipped archive, nothing is downloaded. A manual
+   folder that holds anything else is an error, and so is an empty or missing one given to `prepare`.
+2. Otherwise (no manual folder, or TFDS's default one empty) the archive at INAT_URL, or at the builder's `url` argument or $INAT_KERAS_INAT_URL (a
    file:// URL works, for tests and mirrors), fetched into the download folder with the project's
    resumable download and unpacked there.
 
@@ -60,6 +61,9 @@ log = logging.getLogger(__name__)
 URL_ENV = "INAT_KERAS_INAT_URL"
 CHECKSUMS_FILE = "inaturalist12k_checksums.json"
 ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+MANUAL_CONTENTS = "inaturalist_12K/train/ and inaturalist_12K/val/ (or train/ and val/)"
+BY_HAND = ("download nature_12K.zip by hand, unzip it and give that folder as --manual-dir (run.py tfds; --manual_dir "
+           "with tfds build)")  # fmt: skip
 
 
 class Inaturalist12k(tfds.core.GeneratorBasedBuilder):
@@ -149,7 +153,10 @@ class Inaturalist12k(tfds.core.GeneratorBasedBuilder):
 
 def prepare(data_dir: str | None = None, manual_dir: str | None = None, *, download_dir: str | None = None,
             url: str | None = None) -> tfds.core.DatasetBuilder:  # fmt: skip
-    """Build the TFDS records if they are not there yet and return the builder (`builder.as_dataset(...)`)."""
+    """Build the TFDS records if they are not there yet and return the builder (`builder.as_dataset(...)`). A
+    `manual_dir` given must hold the unzipped archive: an empty or other folder is an error, not a download."""
+    if manual_dir is not None:
+        manual_root(Path(manual_dir))
     builder = Inaturalist12k(data_dir=data_dir, url=url)
     config = tfds.download.DownloadConfig(manual_dir=manual_dir)
     builder.download_and_prepare(download_dir=download_dir, download_config=config)
@@ -157,16 +164,23 @@ def prepare(data_dir: str | None = None, manual_dir: str | None = None, *, downl
 
 
 def _manual_root(dl_manager: tfds.download.DownloadManager) -> Path | None:
-    """The dataset folder inside manual_dir, or None when manual_dir is absent, empty or holds other things."""
+    """The dataset folder inside manual_dir, or None (a download) when manual_dir is absent or empty; a folder
+    holding other things is an error."""
     try:
         manual = Path(dl_manager.manual_dir)
     except AssertionError:  # TFDS's answer for a manual_dir that does not exist or is empty
         return None
+    return manual_root(manual)
+
+
+def manual_root(folder: Path) -> Path:
+    """The unzipped archive in a manual folder; any other folder is one error saying what it must hold."""
     try:
-        return dataset_root(manual)
-    except DataError as err:
-        log.warning("not using the manual folder (%s); downloading instead", err)
-        return None
+        return dataset_root(folder)
+    except DataError:
+        state = "does not exist" if not folder.exists() else "is empty" if not any(folder.iterdir()) else "holds no dataset"
+        raise DataError(f"the manual folder {folder} {state}: it must hold {MANUAL_CONTENTS}, as nature_12K.zip "
+                        "unzips; unzip it there, or give no manual folder to download the archive") from None  # fmt: skip
 
 
 def fetch(url: str, target: Path) -> Path:
@@ -175,7 +189,7 @@ def fetch(url: str, target: Path) -> Path:
     if target.exists():
         return target
     if urlparse(url).scheme != "file":
-        return download(url, target)
+        return download(url, target, by_hand=BY_HAND)
     source = Path(url2pathname(urlparse(url).path))
     if not source.is_file():
         raise DataError(f"{url}: no such file; fix the URL (${URL_ENV} or the builder's url argument)")

@@ -12,7 +12,8 @@ import tensorflow as tf
 from PIL import Image
 
 from ..analysis import errors
-from ..analysis.plots import grid_indices, plot_confusion, plot_predictions, plot_reliability, plot_top_losses
+from ..analysis.plots import (grid_indices, plot_class_accuracy, plot_confusion, plot_predictions, plot_reliability,
+                              plot_top_losses)  # fmt: skip
 from ..data.splits import Split
 from ..errors import DataError
 from ..files import write_text
@@ -23,7 +24,7 @@ from .checkpoint import predict_logits, runs_eagerly, unpadded
 TOP_K = 3  # classes per image in predictions.csv and the W&B table
 TOP_LOSSES = 12  # images in top_losses.png
 THUMBNAIL = 128  # largest side of the W&B table's pictures, in pixels
-PICTURES = ("confusion_matrix", "predictions_grid", "top_losses", "reliability_diagram")  # NAME.png in the folder
+PICTURES = ("confusion_matrix", "class_accuracy", "predictions_grid", "top_losses", "reliability_diagram")  # NAME.png
 TTA_METHOD = "mean softmax of each image and its horizontal mirror"
 
 
@@ -71,9 +72,10 @@ def test_metrics(logits: np.ndarray, labels: np.ndarray, class_names: list[str],
 
 
 def evaluate_model(model: keras.Model, test: Split, test_ds, class_names: list[str], out_dir: Path, seed: int = 0,
-                   tta: bool = False, wandb_run=None):  # fmt: skip
+                   tta: bool = False, wandb_run=None, caption: str = ""):  # fmt: skip
     """Metrics, predictions.csv and the pictures for a model on the test split; returns (metrics, picture
-    paths). With `tta`, also the test-time-augmented figures; with a W&B run that logs, the predictions table."""
+    paths). With `tta`, also the test-time-augmented figures; with a W&B run that logs, the predictions table.
+    `caption` (analysis.figures.caption: the run and the data) goes under every picture's title."""
     eager = runs_eagerly(len(test))
     logits, labels = predict_logits(model, test_ds, eager=eager)
     if len(labels) != len(test):
@@ -86,17 +88,18 @@ def evaluate_model(model: keras.Model, test: Split, test_ds, class_names: list[s
     write_predictions(out_dir / PREDICTIONS, rows)
 
     pictures = {name: out_dir / f"{name}.png" for name in PICTURES}
-    plot_confusion(labels, predicted, class_names, pictures["confusion_matrix"])
+    plot_confusion(labels, predicted, class_names, pictures["confusion_matrix"], caption)
+    plot_class_accuracy(labels, predicted, class_names, pictures["class_accuracy"], caption)
     chosen = np.array(grid_indices(labels, seed), int)
     worst = errors.top_loss_indices(image_losses, labels, predicted, TOP_LOSSES)
     images = gather_images(test_ds, np.concatenate([chosen, worst]))
     plot_predictions(images[: len(chosen)], labels[chosen], predicted[chosen], probabilities[chosen, predicted[chosen]],
-                     class_names, pictures["predictions_grid"])  # fmt: skip
+                     class_names, pictures["predictions_grid"], [test.paths[i] for i in chosen], caption)  # fmt: skip
     plot_top_losses(images[len(chosen) :], labels[worst], predicted[worst],
                     probabilities[worst, predicted[worst]], probabilities[worst, labels[worst]], image_losses[worst],
-                    class_names, pictures["top_losses"])  # fmt: skip
+                    class_names, pictures["top_losses"], [test.paths[i] for i in worst], caption)  # fmt: skip
     plot_reliability(errors.reliability_bins(probabilities, labels), metrics["expected_calibration_error"],
-                     pictures["reliability_diagram"])  # fmt: skip
+                     pictures["reliability_diagram"], caption)  # fmt: skip
     if tracking.logs_to_wandb(wandb_run):
         wandb_run.log({"test_predictions": tracking.predictions_table(thumbnails(test_ds), rows)})
     return metrics, pictures
@@ -140,6 +143,10 @@ def read_predictions(path: Path) -> dict[str, np.ndarray]:
     missing = [c for c in PREDICTION_COLUMNS if not rows or c not in rows[0]]
     if missing:
         raise DataError(f"{path} is not a predictions file of inat-keras: no rows or no {', '.join(missing)} column")
+    cut = next((line for line, row in enumerate(rows, start=2) if None in row or None in row.values()), None)
+    if cut:
+        raise DataError(f"{path} is damaged (line {cut} has another number of fields than the header: cut short?); "
+                        "write it again with run.py evaluate --checkpoint RUN/model.keras")  # fmt: skip
     try:
         loss = np.array([float(r["loss"]) for r in rows])
     except ValueError as err:

@@ -23,9 +23,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ..config import RESUME_NEUTRAL_OPTIONS, TrainConfig, read_yaml, to_dict
+from ..config import RESUME_NEUTRAL_OPTIONS, TrainConfig, changed_fields, read_yaml, to_dict
 from ..errors import ConfigError, DataError
-from ..files import write_text
+from ..files import remove_abandoned_temps, write_text
 from ..locks import LOCK
 
 log = logging.getLogger(__name__)
@@ -58,10 +58,16 @@ def new_run_dir(prefix: str) -> Path:
 def empty_output_dir(output_dir: str | None, prefix: str) -> Path:
     """The folder a command writes its outputs into (`--output-dir`, else a new runs/<prefix>-<time>):
     new or empty, never one whose files it could overwrite."""
-    out_dir = Path(output_dir) if output_dir else new_run_dir(prefix)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise DataError(f"{out_dir} is not empty; choose a new --output-dir")
+    out_dir = unused_output_dir(output_dir, prefix)
     out_dir.mkdir(parents=True, exist_ok=True)
+    return out_dir
+
+
+def unused_output_dir(output_dir: str | None, prefix: str) -> Path:
+    """empty_output_dir, not made yet: for a command that publishes its folder whole (files.staged_dir)."""
+    out_dir = Path(output_dir) if output_dir else new_run_dir(prefix)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise DataError(f"{out_dir} is not empty; choose a new --output-dir")
     return out_dir
 
 
@@ -74,6 +80,8 @@ def open_run_dir(run_dir: Path, config: TrainConfig) -> bool:
     when there is one. Other settings in a run that trained no epoch (its start failed): started again
     with these. A finished run, other settings after an epoch, or files of something else: refused.
     """
+    if run_dir.exists():
+        remove_abandoned_temps(run_dir)  # files a killed process was writing: the old one, if any, is whole
     entries = {p.name for p in run_dir.iterdir()} - {LOCK} if run_dir.exists() else set()
     if not entries:
         return False
@@ -100,15 +108,24 @@ def open_run_dir(run_dir: Path, config: TrainConfig) -> bool:
             f"{run_dir} holds an interrupted run with other settings ({', '.join(changed)}); "
             "resume it with the same options or choose a new --output-dir"
         )
+    check_resumable(run_dir)
     log.info("resuming the interrupted run in %s", run_dir)
     return True
+
+
+def check_resumable(run_dir: Path) -> None:
+    """The files a resume reads, read now: a damaged or missing one is an error before any work is done."""
+    if read_split(run_dir) is None:
+        raise DataError(f"{Path(run_dir) / SPLIT} is missing; {SPLIT_REMEDY}")
+    read_history(Path(run_dir) / HISTORY)
+    read_checkpoint_record(run_dir)
 
 
 def changed_options(run_dir: Path, config: TrainConfig) -> list[str]:
     """The options (those that change what a run computes) whose saved value in RUN/config.yaml differs."""
     saved = read_yaml(Path(run_dir) / CONFIG)
-    current = to_dict(config)
-    return sorted(k for k in current if k not in RESUME_NEUTRAL_OPTIONS and saved.get(k) != current[k])
+    changed = changed_fields(type(config), saved, to_dict(config))
+    return [k for k in changed if k not in RESUME_NEUTRAL_OPTIONS]
 
 
 def worker_run_dir(output_dir: str | None) -> tuple[Path, bool]:
@@ -131,10 +148,58 @@ def resumed_epoch(run_dir: Path) -> int:
     return json.loads(meta.read_text())["epoch"] if meta.exists() else 0
 
 
+def damaged(path: Path, problem: str, remedy: str) -> DataError:
+    """The one error for a run file that cannot be read back (cut short by a full disk, edited, a disk fault)."""
+    return DataError(f"{path} is damaged ({problem}); {remedy}")
+
+
+def read_json(path: Path, remedy: str):
+    try:
+        return json.loads(Path(path).read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise damaged(path, f"not valid JSON: {err}", remedy) from None
+
+
+SPLIT_REMEDY = ("the run's exact split is lost: rerun it in a new --output-dir (evaluate, predict, explain and export "
+                "of its model take --data-dir instead)")  # fmt: skip
+
+
 def read_split(run_dir: Path) -> dict | None:
-    """The split a run saved, or None where the folder holds none."""
+    """The split a run saved, or None where the folder holds none; a damaged one is an error naming it."""
     path = Path(run_dir) / SPLIT
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    record = read_json(path, SPLIT_REMEDY)
+    problem = split_problem(record)
+    if problem:
+        raise damaged(path, problem, SPLIT_REMEDY)
+    return record
+
+
+def split_problem(record) -> str | None:
+    """What keeps a split record (data.splits.Splits.describe) from being used; None: nothing."""
+    if not isinstance(record, dict):
+        return f"a JSON {type(record).__name__}, not an object"
+    if not isinstance(record.get("root"), str):
+        return f"its root is {record.get('root')!r}, not a folder"
+    parts = ("class_names", "train", "val", "test")
+    for key in parts:
+        if not (isinstance(record.get(key), list) and all(isinstance(v, str) for v in record[key])):
+            return f"its {key} is not a list of names"
+    names = set(record["class_names"])
+    for key in parts[1:]:
+        for rel in record[key]:
+            if len(Path(rel).parts) < 3 or Path(rel).parts[1] not in names:
+                return f"its {key} lists {rel!r}, which is no <split>/<class>/<file> of its class_names"
+    skipped, turned = record.get("skipped", []), record.get("orientation", {})
+    if not (isinstance(skipped, list) and all(isinstance(s, dict) and isinstance(s.get("path"), str)
+                                              and isinstance(s.get("reason"), str) for s in skipped)):  # fmt: skip
+        return "its skipped is not a list of {path, reason}"
+    if not (isinstance(turned, dict) and all(isinstance(v, int) for v in turned.values())):
+        return "its orientation is not a mapping of file to EXIF orientation"
+    if "source" in record and not (isinstance(record["source"], dict) and isinstance(record["source"].get("tfds"), str)):
+        return "its source names no TFDS data folder"
+    return None
 
 
 def write_split(run_dir: Path, record: dict) -> None:
@@ -142,8 +207,16 @@ def write_split(run_dir: Path, record: dict) -> None:
 
 
 def read_checkpoint_record(run_dir: Path) -> dict | None:
+    """{"epoch": N}, the epoch model.keras holds; None where the folder holds no record."""
     path = Path(run_dir) / CHECKPOINT_RECORD
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    remedy = f"delete it and resume (it only records which epoch {CHECKPOINT} holds)"
+    record = read_json(path, remedy)
+    epoch = record.get("epoch") if isinstance(record, dict) else None
+    if not (isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 1):
+        raise damaged(path, f"expected {{\"epoch\": N}} with N >= 1, got {json.dumps(record)[:80]}", remedy)
+    return record
 
 
 def write_checkpoint_record(run_dir: Path, epoch: int) -> None:
@@ -151,10 +224,41 @@ def write_checkpoint_record(run_dir: Path, epoch: int) -> None:
 
 
 def read_history(path) -> list[dict]:
+    """history.csv's rows (epoch numbers from 1, numbers or blanks); a damaged row is an error naming its line."""
     if not os.path.exists(path):
         return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise damaged(Path(path), str(err), HISTORY_REMEDY) from None
+    for line, row in enumerate(rows, start=2):
+        problem = row_problem(row)
+        if problem:
+            raise damaged(Path(path), f"line {line} {problem}", HISTORY_REMEDY)
+    return rows
+
+
+HISTORY_REMEDY = ("fix that line (or delete it if it is the last one, cut short by a kill: its epoch runs again), or "
+                  "rerun in a new --output-dir")  # fmt: skip
+
+
+def row_problem(row: dict) -> str | None:
+    """What is wrong with one history row: fields missing or extra, an epoch or a value that is no number."""
+    if None in row or None in row.values():
+        return "has another number of fields than the header"
+    try:
+        if int(row["epoch"]) < 1:
+            raise ValueError
+    except (KeyError, ValueError):
+        return f"has the epoch {row.get('epoch')!r}, not a whole number from 1"
+    for name, value in row.items():
+        if value not in ("", "NA"):
+            try:
+                float(value)
+            except ValueError:
+                return f"has {name} {value[:40]!r}, not a number"
+    return None
 
 
 def write_history(path, rows: list[dict]) -> None:

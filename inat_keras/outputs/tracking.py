@@ -90,16 +90,19 @@ def grouped(name: str):
         _group.reset(token)
 
 
-def start_run(config: dict, run_dir: Path, mode: str, project: str, group: str | None = None, resume_id: str | None = None):
+def start_run(config: dict, run_dir: Path, mode: str, project: str, group: str | None = None, resume_id: str | None = None,
+              final_dir: Path | None = None):  # fmt: skip
     """One W&B run per training run, written inside the run folder (offline runs sync later).
 
     `mode` is one that resolve_mode chose (the training loop resolves it once, before the run's folder exists).
+    `final_dir`: the folder that `run_dir` (a staging folder, files.staged_dir) becomes; the run is named after it.
     """
+    final_dir = Path(final_dir or run_dir)
     if wandb.run is not None and wandb.run.sweep_id:
         # A sweep agent started this run with the proposal (its keys are locked); a second init would end it.
         wandb.run.config.update({k: v for k, v in config.items() if k not in wandb.run.config})
         return wandb.run
-    options = {"project": project, "dir": str(run_dir), "name": run_dir.name, "group": group or _group.get(), "config": config,
+    options = {"project": project, "dir": str(run_dir), "name": final_dir.name, "group": group or _group.get(), "config": config,
                "id": resume_id, "resume": "allow" if resume_id else None, "reinit": "finish_previous",
                "settings": wandb.Settings(silent=True, console="off", init_timeout=INIT_TIMEOUT)}  # fmt: skip
     try:
@@ -112,7 +115,8 @@ def start_run(config: dict, run_dir: Path, mode: str, project: str, group: str |
         mode = "offline"
         run = wandb.init(mode=mode, **options)
     if mode == "offline":
-        log.info("W&B offline run in %s; upload later with `wandb sync %s`", run.dir, Path(run.dir).parent)
+        synced = final_dir / "wandb" / Path(run.dir).parent.name
+        log.info("W&B offline run in %s; upload later with `wandb sync %s`", synced / "files", synced)
     return run
 
 

@@ -11,9 +11,10 @@ import numpy as np
 
 from ..analysis import explain as algorithms
 from ..analysis.explain_plots import plot_feature_maps, plot_filters, plot_gradcam, plot_guided
+from ..analysis.figures import caption
+from ..config import ExplainOptions
 from ..errors import ConfigError, DataError
 from ..files import write_json
-from ..config import ExplainOptions
 from ..inference.checkpoint import class_names_for, image_shape, load_checkpoint
 from ..outputs.run_folder import empty_output_dir
 from .predict import decoded
@@ -70,6 +71,22 @@ def decode_images(images: list[str], size: int, channels: int) -> tuple[list[str
     return [path for path, _ in good], pixels, [(path, reason) for path, x, reason in rows if x is None]
 
 
+def true_class(path: str, class_names: list[str]) -> str | None:
+    """The class a file is filed under (data/val/<class>/x.jpg, as the image folders keep them), or None."""
+    folder = Path(path).parent.name
+    return folder if folder in class_names else None
+
+
+def verdict(predicted: str, probability: float, true: str | None) -> tuple[str, bool]:
+    """(the Grad-CAM title's first words, whether the prediction is wrong): WRONG first, so it cannot be missed."""
+    said = f"predicted {predicted} ({probability:.0%})"
+    if true is None:
+        return f"{said}; true class unknown (the file is not in a folder named after a class)", False
+    if true != predicted:
+        return f"WRONG: {said}, true class {true}", True
+    return f"right: {said}, true class {true}", False
+
+
 def strongest(maps: np.ndarray, count: int) -> list[int]:
     return [int(c) for c in np.argsort(-maps.max(axis=(0, 1)), kind="stable")[:count]]
 
@@ -98,15 +115,19 @@ def explain_checkpoint(options: ExplainOptions):
     }  # fmt: skip
 
     cam = algorithms.grad_cam(model, x, cam_layer, wanted)
+    rows, cols = cam.heat.shape[1:]
+    index["gradcam_resolution"] = [int(rows), int(cols)]
     names = [f"{i:02d}_{Path(p).stem}" for i, p in enumerate(good)]
+    captions = [caption(f"run {checkpoint.parent.name}", f"image {Path(p).parent.name}/{Path(p).name}") for p in good]
     for i, path in enumerate(good):
         predicted = int(cam.probabilities[i].argmax())
-        explained = class_names[int(cam.classes[i])]
+        explained, true = class_names[int(cam.classes[i])], true_class(path, class_names)
         entry = {"path": path, "predicted": class_names[predicted], "probability": float(cam.probabilities[i, predicted]),
+                 "true_class": true, "correct": None if true is None else true == class_names[predicted],
                  "gradcam_class": explained, "gradcam": f"{names[i]}_gradcam.png"}  # fmt: skip
-        title = (f"{Path(path).name}: predicted {class_names[predicted]} ({cam.probabilities[i, predicted]:.0%}); "
-                 f"Grad-CAM of {explained} at {cam_layer}")  # fmt: skip
-        plot_gradcam(pixels[i], cam.heat[i], title, out_dir / entry["gradcam"])
+        said, wrong = verdict(class_names[predicted], cam.probabilities[i, predicted], true)
+        title = f"{said}\nGrad-CAM of {explained} at {cam_layer} ({rows}x{cols})"
+        plot_gradcam(pixels[i], cam.heat[i], title, out_dir / entry["gradcam"], captions[i], wrong)
         index["images"].append(entry)
 
     if neuron_layer is None:
@@ -117,15 +138,15 @@ def explain_checkpoint(options: ExplainOptions):
         index.update({"guided_layer": neuron_layer, "neuron_score": algorithms.NEURON_SCORE, "channels": chosen})
         for i, entry in enumerate(index["images"]):
             entry["guided"] = f"{names[i]}_guided.png"
-            title = f"{Path(entry['path']).name}: guided backpropagation of {len(chosen)} neurons of {neuron_layer}"
-            plot_guided(pixels[i], maps[i], chosen, title, out_dir / entry["guided"])
+            title = f"Guided backpropagation: the input pixels that raise the largest value of {len(chosen)} channels of {neuron_layer}"
+            plot_guided(pixels[i], maps[i], chosen, title, out_dir / entry["guided"], captions[i])
 
     first = algorithms.first_conv_kernel(model)
     if first is not None:
         name, kernel = first
         index["filters"] = "filters.png"
         plot_filters(kernel, f"{name}: {kernel.shape[-1]} filters of {kernel.shape[0]}x{kernel.shape[1]}x{kernel.shape[2]}",
-                     out_dir / index["filters"])  # fmt: skip
+                     out_dir / index["filters"], caption(f"run {checkpoint.parent.name}", "none (the layer's weights)"))  # fmt: skip
 
     blocks = cnn_blocks(model)
     if blocks:
@@ -133,8 +154,8 @@ def explain_checkpoint(options: ExplainOptions):
         for block, maps in zip(blocks, algorithms.feature_maps(model, x[0], blocks)):
             shown = strongest(maps, FEATURE_MAP_CHANNELS)
             index["feature_maps"][block] = f"feature_maps_{block}.png"
-            title = f"{block} on {Path(good[0]).name}: {len(shown)} most active of {maps.shape[-1]} channels"
-            plot_feature_maps(maps, shown, title, out_dir / index["feature_maps"][block])
+            title = f"{block} ({maps.shape[0]}x{maps.shape[1]}): {len(shown)} most active of {maps.shape[-1]} channels"
+            plot_feature_maps(maps, shown, title, out_dir / index["feature_maps"][block], captions[0])
     else:
         index["not_computed"]["feature_maps"] = f"{model.name} has no CNN blocks"
     write_json(out_dir / INDEX, index)

@@ -5,6 +5,7 @@ that memory stays bounded; a file that cannot be read is reported in its place a
 from __future__ import annotations
 
 import csv
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -15,11 +16,13 @@ import numpy as np
 from ..analysis import errors
 from ..data.cache import tagged
 from ..data.decode import IMAGE_EXTENSIONS, unreadable_reason
-from ..data.splits import Split, read_headers, walk_images
+from ..data.splits import Found, Split, Walk, read_headers
 from ..errors import DataError
 from ..files import replacing
 from ..config import PredictOptions
 from ..inference.checkpoint import class_names_for, forward, image_shape, load_checkpoint, runs_eagerly
+
+log = logging.getLogger(__name__)
 
 BATCH_SIZE = 32
 HEADER_CHUNK = 1024  # files whose headers (EXIF orientation) are read before their pixels stream through
@@ -32,22 +35,32 @@ class Prediction:
     error: str | None = None  # why the file could not be read (then nothing is ranked)
 
 
-def image_paths(inputs: list[str]) -> tuple[list[str], dict[str, str], int]:
-    """Every file named and every image under every folder named, in the order given (a folder's files sorted);
-    the reasons already known against some of them (missing, a format no decoder reads); and the count of hidden
-    files and obvious non-images that the folders held, left out as training leaves them out."""
-    paths, known, ignored = [], {}, 0
+@dataclass
+class Inputs:
+    """What the named files and folders hold, each real file once (one data.splits.Walk for them all)."""
+
+    paths: list[str]  # every file to predict, in the order given (a folder's files sorted)
+    known: dict[str, str]  # the reasons already known against some of them (missing, a format no decoder reads)
+    left_out: list[tuple[str, str]]  # reached a second time through links, or in a hidden folder: no row of their own
+    ignored: int  # hidden files and obvious non-images in the folders, left out as training leaves them out
+
+
+def image_paths(inputs: list[str]) -> Inputs:
+    """Every file named and every image under every folder named, walked as training walks a class folder."""
+    walk, paths, known, left_out, ignored = Walk(), [], {}, [], 0
     for item in inputs:
         if Path(item).is_dir():
-            found, unsupported, left_out = walk_images(Path(item))
-            paths += sorted(found + [path for path, _ in unsupported])
-            known.update(unsupported)
-            ignored += left_out
+            found = walk.folder(Path(item), Found())
+            paths += sorted(found.images + [path for path, _ in found.unsupported])
+            known.update(found.unsupported)
+            left_out, ignored = left_out + found.left_out, ignored + found.ignored
+        elif first := walk.first(walk.files, item):
+            left_out.append((item, f"the same file as {first}, predicted once"))
         else:
             paths.append(item)
             if not Path(item).exists():
                 known[item] = "no such file or folder"
-    return paths, known, ignored
+    return Inputs(paths, known, left_out, ignored)
 
 
 def decoded(paths: list[str], size: int, channels: int, known: dict[str, str]) -> Iterator[tuple[str, object, str | None]]:
@@ -126,10 +139,12 @@ def predictor(options: PredictOptions) -> Predictor:
     class_names = class_names_for(checkpoint, model, options.data_dir, options.demo)
     if not 1 <= k <= len(class_names):
         raise DataError(f"--top must be between 1 and {len(class_names)} (the model's classes), not {k}")
-    paths, known, ignored = image_paths(inputs)
-    if not paths:
+    found = image_paths(inputs)
+    if not found.paths:
         raise DataError(f"no image files in {', '.join(inputs)} (readable formats: {', '.join(IMAGE_EXTENSIONS)})")
-    return Predictor(model, class_names, paths, known, ignored, k, options.batch_size)
+    for path, reason in found.left_out:
+        log.warning("left out %s: %s", path, reason)
+    return Predictor(model, class_names, found.paths, found.known, found.ignored, k, options.batch_size)
 
 
 def predict_images(checkpoint: str, images: list[str], data_dir: str | None = None, demo: bool = False, k: int = 3):

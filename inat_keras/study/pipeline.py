@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,6 +69,7 @@ class StudyResult:
     sweep: SweepRecord
     sweep_report: dict[str, Path]
     steps: dict[str, Step] = field(default_factory=dict)
+    seconds: float = 0.0  # this call's wall time, steps reused included
 
     def trained(self) -> list[str]:
         return [name for name, step in self.steps.items() if step.trained]
@@ -118,6 +120,7 @@ def run_step(name: str, kind: Kind, config: TrainConfig, final: bool, study_dir:
 
 def run_study(settings: StudyConfig) -> StudyResult:
     """Part A, then Part B; every step's folder under the study folder (see the module docstring)."""
+    started = time.perf_counter()
     mode = tracking.resolve_mode(settings.wandb)  # once, before any folder exists
     study_dir = open_study_dir(settings)
     with folder_lock(study_dir, "study"):
@@ -125,6 +128,7 @@ def run_study(settings: StudyConfig) -> StudyResult:
         with tracking.grouped(study_dir.name):
             result = part_a(settings, study_dir, mode)
             part_b(settings, study_dir, mode, result)
+    result.seconds = time.perf_counter() - started
     return result
 
 

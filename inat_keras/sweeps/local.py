@@ -17,11 +17,13 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from ..config import changed_fields
 from ..errors import ConfigError, DataError
-from ..files import write_json
+from ..files import remove_abandoned_temps, write_json
 from ..locks import LOCK, folder_lock
 from ..outputs import tracking
-from ..outputs.run_folder import BACKUP, HISTORY, METRIC_GOALS, METRICS, best_value, read_history
+from ..outputs.run_folder import BACKUP, HISTORY, METRIC_GOALS, METRICS, best_value, damaged, read_history, read_json
+from ..training.kinds import KINDS
 from .hyperband import HyperbandStop, bands, stopped_at
 from .spec import SweepPlan, sweeps
 
@@ -77,10 +79,36 @@ def now() -> str:
 
 
 def read_trials(sweep_dir: Path) -> dict:
+    """The sweep's record (a resume and sweep-report read it); a damaged one is one error naming it."""
     path = Path(sweep_dir) / TRIALS_FILE
     if not path.is_file():
         raise ConfigError(f"{sweep_dir} holds no sweep ({TRIALS_FILE} is missing)")
-    return json.loads(path.read_text())
+    remedy = ("the sweep cannot resume or be reported: rerun it in a new --output-dir (its finished trials' folders "
+              f"stay in {Path(sweep_dir) / TRIALS_DIR})")  # fmt: skip
+    state = read_json(path, remedy)
+    problem = trials_problem(state)
+    if problem:
+        raise damaged(path, problem, remedy)
+    return state
+
+
+def trials_problem(state) -> str | None:
+    """What keeps a trials.json from being used (None: nothing): the fields that a resume and a report read."""
+    if not isinstance(state, dict):
+        return f"a JSON {type(state).__name__}, not an object"
+    for key, kind in (("kind", str), ("metric", str), ("sweep", dict), ("base", dict), ("trials", list)):
+        if not isinstance(state.get(key), kind):
+            return f"its {key} is {json.dumps(state.get(key))[:60]}, not a JSON {'string' if kind is str else kind.__name__}"
+    if state["kind"] not in KINDS or state["metric"] not in METRIC_GOALS:
+        return f"its kind {state['kind']!r} or metric {state['metric']!r} is none that inat-keras trains or logs"
+    if not isinstance(state["sweep"].get("parameters"), dict):
+        return "its sweep has no parameters"
+    for number, trial in enumerate(state["trials"], start=1):
+        if not (isinstance(trial, dict) and isinstance(trial.get("name"), str) and trial.get("number") == number
+                and trial.get("state") in RUN_STATES and isinstance(trial.get("params"), dict)
+                and isinstance(trial.get("config"), dict)):  # fmt: skip
+            return f"its trial {number} lacks its name, number, a state of {', '.join(RUN_STATES)}, params or config"
+    return None
 
 
 def open_sweep_dir(plan: SweepPlan, sweep_dir: Path) -> dict:
@@ -88,11 +116,12 @@ def open_sweep_dir(plan: SweepPlan, sweep_dir: Path) -> dict:
     setup = {"kind": plan.kind.name, "metric": plan.metric, "sweep": plan.sweep, "base": plan.base,
              "settings": plan.settings}  # fmt: skip
     setup = json.loads(json.dumps(setup))
+    if sweep_dir.is_dir():
+        remove_abandoned_temps(sweep_dir)  # a trials.json that a killed sweep was writing: the old one is whole
     if (sweep_dir / TRIALS_FILE).exists():
         state = read_trials(sweep_dir)
         changed = [k for k in ("kind", "metric", "sweep") if state.get(k) != setup[k]]
-        options = set(setup["base"]) | set(state["base"])
-        changed += sorted(k for k in options if state["base"].get(k) != setup["base"].get(k))
+        changed += changed_fields(plan.kind.config_class, state["base"], setup["base"])
         if changed:
             raise ConfigError(
                 f"{sweep_dir} holds a sweep with other settings ({', '.join(changed)}); "
@@ -113,7 +142,7 @@ def save_trials(sweep_dir: Path, state: dict) -> None:
 def trial_result(run_dir: Path) -> dict:
     """What the search and the report need from a finished trial folder: validation metrics only."""
     rows = read_history(run_dir / HISTORY)
-    metrics = json.loads((run_dir / METRICS).read_text())
+    metrics = read_json(run_dir / METRICS, f"delete {run_dir} to run that trial again")
     summary = {name: best_value(name, [r.get(name) for r in rows]) for name in METRIC_GOALS}
     return {
         "summary": summary,

@@ -12,25 +12,24 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import wandb
+import yaml
+from matplotlib.cm import ScalarMappable
+from matplotlib.ticker import MaxNLocator
+from scipy.stats import spearmanr
+from sklearn.ensemble import RandomForestRegressor
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-from scipy.stats import spearmanr  # noqa: E402
-from sklearn.ensemble import RandomForestRegressor  # noqa: E402
-import numpy as np  # noqa: E402
-import wandb  # noqa: E402
-import yaml  # noqa: E402
+from ..analysis.figures import TEXT, caption, distinct_labels, new_figure, rank_colours, save, spread_ticks, titled
+from ..config import PLACE_OPTIONS
+from ..errors import ConfigError
+from ..outputs import tracking
+from ..outputs.run_folder import METRIC_GOALS, RUNS_DIR
+from ..training.kinds import KINDS, Kind, kind_of_options
+from .local import TRIALS_FILE, read_trials
+from .online import STOPPED_SUMMARY
+from .spec import run_options
 
-from ..config import PLACE_OPTIONS  # noqa: E402
-from ..errors import ConfigError  # noqa: E402
-from ..outputs import tracking  # noqa: E402
-from ..training.kinds import KINDS, Kind, kind_of_options  # noqa: E402
-from ..outputs.run_folder import METRIC_GOALS, RUNS_DIR  # noqa: E402
-from .local import TRIALS_FILE, read_trials  # noqa: E402
-from .online import STOPPED_SUMMARY  # noqa: E402
-from .spec import run_options  # noqa: E402
 
 class _ConfigDumper(yaml.SafeDumper):
     """Block-style YAML with lists on one line, like the files in configs/."""
@@ -44,6 +43,8 @@ _ConfigDumper.add_representer(list, _ConfigDumper.represent_list)
 BEST_CONFIG, TABLE_CSV, REPORT_MD = "best_config.yaml", "trials.csv", "report.md"
 RANKED = ("finished", "stopped")  # trial states that have a metric (stopped: by early termination)
 IMPORTANCE_CSV, PARALLEL_PNG, PROGRESS_PNG = "importance.csv", "parallel_coordinates.png", "metric_over_trials.png"
+MIN_IMPORTANCE_TRIALS = 10  # finished trials below which no parameter is ranked (importance_withheld says why)
+LOG_SPAN = 100  # a positive parameter spanning this factor or more gets a logarithmic axis
 
 
 @dataclass
@@ -189,12 +190,29 @@ def encode(record: SweepRecord, trials: list[dict]) -> tuple[list[str], np.ndarr
     return names, np.array(columns, dtype=float).T.reshape(len(trials), len(names))
 
 
+def importance_withheld(record: SweepRecord) -> str | None:
+    """Why the parameters are not ranked, or None where they may be: below MIN_IMPORTANCE_TRIALS finished trials,
+    or below 2 per swept parameter, rankings and correlations are noise. At 3 trials a correlation of +-1 arises
+    by chance one time in three; at 10, a Spearman correlation must pass 0.65 to stand out from chance at the 5%
+    level; and with fewer trials than two per parameter, a random forest can fit the metric whatever it is."""
+    done, swept = len(record.finished()), len(record.swept)
+    need = max(MIN_IMPORTANCE_TRIALS, 2 * swept)
+    if done >= need:
+        return None
+    return (f"Too few finished trials to rank the parameters: {done}, where this needs at least {need} "
+            f"({MIN_IMPORTANCE_TRIALS}, and 2 per swept parameter: {swept} parameter(s)). With fewer, correlations "
+            "near +-1 and large random-forest importances arise by chance, so none are shown.")
+
+
 def importance(record: SweepRecord) -> list[dict]:
-    """Random-forest importance and Pearson/Spearman correlation of each encoded parameter with the metric."""
+    """Random-forest importance and Pearson/Spearman correlation of each encoded parameter with the metric,
+    most important first; none where importance_withheld says why."""
+    if importance_withheld(record):
+        return []
     trials = record.finished()
     names, x = encode(record, trials)
     y = np.array([t["metric"] for t in trials], dtype=float)
-    if len(trials) < 2 or np.ptp(y) == 0 or not names:
+    if np.ptp(y) == 0 or not names:
         return [{"parameter": n, "importance": math.nan, "pearson": math.nan, "spearman": math.nan} for n in names]
     forest = RandomForestRegressor(n_estimators=200, random_state=0).fit(x, y)
     rows = []
@@ -212,55 +230,96 @@ def importance(record: SweepRecord) -> list[dict]:
     return sorted(rows, key=lambda r: -r["importance"])
 
 
-def axis_positions(record: SweepRecord, name: str, values: list) -> tuple[np.ndarray, list[float], list[str]]:
-    """Values of one parameter on a 0..1 axis, with tick positions and labels (log scale for wide ranges)."""
+@dataclass
+class Axis:
+    """One parameter's axis of the parallel-coordinates plot."""
+
+    positions: np.ndarray  # each trial's value, placed on 0..1
+    ticks: list[tuple[float, str]]  # (position, label), no two closer than figures.TICK_GAP
+    log: bool
+
+
+def axis_positions(record: SweepRecord, name: str, values: list) -> Axis:
+    """Values of one parameter on a 0..1 axis (logarithmic for positive values spanning LOG_SPAN x or more),
+    with ticks: the ends, then the values the trials took where few, else round numbers (powers of 10 on a
+    log axis)."""
     if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
         data = np.array(values, dtype=float)
-        wide = data.min() > 0 and data.max() / data.min() >= 100
-        scale = np.log10 if wide else np.asarray
+        log = bool(data.min() > 0 and data.max() / data.min() >= LOG_SPAN)
+        scale = np.log10 if log else np.asarray
         low, span = scale(data).min(), np.ptp(scale(data)) or 1.0
         levels = np.unique(data)
-        if len(levels) > 6:
-            levels = levels[[0, -1]]
-        return (scale(data) - low) / span, list((scale(levels) - low) / span), [shown(float(v)) for v in levels]
+        if len(levels) <= 6:
+            inner = levels
+        elif log:
+            inner = 10.0 ** np.arange(math.ceil(np.log10(data.min())), math.floor(np.log10(data.max())) + 1)
+        else:
+            inner = [v for v in MaxNLocator(5).tick_values(data.min(), data.max()) if data.min() <= v <= data.max()]
+        wanted = [data.min(), data.max(), *inner]
+        ticks = spread_ticks([(float((scale(v) - low) / span), shown(float(v))) for v in wanted])
+        return Axis((scale(data) - low) / span, ticks, log)
     levels = [shown(v) for v in record.parameters[name].get("values", [])]
     levels += sorted({shown(v) for v in values} - set(levels))
     place = {level: i / max(len(levels) - 1, 1) for i, level in enumerate(levels)}
-    return np.array([place[shown(v)] for v in values]), list(place.values()), levels
+    ticks = spread_ticks([(place[level], level) for level in [levels[0], levels[-1], *levels]])
+    return Axis(np.array([place[shown(v)] for v in values]), ticks, False)
 
 
-def plot_parallel(record: SweepRecord, path: Path) -> None:
+def data_of(record: SweepRecord) -> str:
+    """Where the trials' images came from, for the pictures' captions."""
+    config = next((t["config"] for t in record.trials if t.get("config")), {})
+    if config.get("demo"):
+        return "demo digits"
+    source = config.get("data_dir") or config.get("tfds_dir")
+    return Path(source).name if source else "(source not recorded)"
+
+
+def sweep_caption(record: SweepRecord) -> str:
+    return caption(f"sweep {record.name}", f"{data_of(record)}, validation split")
+
+
+def plot_parallel(record: SweepRecord, path: Path, caption_line: str = ""):
+    """One vertical axis per swept parameter and one for the metric; one line per finished trial, coloured by
+    its metric (analysis.figures.rank_colours), the best drawn last and thickest."""
     trials = record.finished()
-    axes_names = record.swept + [record.metric]
-    fig, ax = plt.subplots(figsize=(max(6, 1.8 * len(axes_names)), 5))
-    if not trials:
-        ax.text(0.5, 0.5, "no finished trial yet", ha="center")
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        return
-    metric = np.array([t["metric"] for t in trials], dtype=float)
-    columns = []
-    for i, name in enumerate(axes_names):
-        values = [t["metric"] if name == record.metric else t["params"].get(name) for t in trials]
-        positions, ticks, labels = axis_positions(record, name, values)
-        columns.append(positions)
-        ax.axvline(i, color="black", linewidth=1)
-        for tick, label in zip(ticks, labels):
-            ax.text(i + 0.03, tick, label, fontsize=7, va="center")
-    colours = plt.cm.viridis((metric - metric.min()) / (np.ptp(metric) or 1.0))
-    for row, colour in zip(np.array(columns).T, colours):
-        ax.plot(range(len(axes_names)), row, color=colour, alpha=0.8, linewidth=1.5)
-    ax.set_xticks(range(len(axes_names)), axes_names, rotation=20)
-    ax.set_yticks([])
-    ax.set_xlim(-0.2, len(axes_names) - 0.5)
-    ax.set_title(f"Sweep {record.name}: {len(trials)} finished trial(s), colour = {record.metric}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    names = record.swept + [record.metric]
+    fig = new_figure(max(7.0, 2.0 * len(names) + 2), 5.5)
+    ax = fig.subplots()
+    if trials:
+        metric = np.array([t["metric"] for t in trials], dtype=float)
+        axes = [axis_positions(record, name, [t["metric"] if name == record.metric else t["params"].get(name)
+                                              for t in trials]) for name in names]  # fmt: skip
+        for i, axis in enumerate(axes):
+            ax.axvline(i, color="black", linewidth=1)
+            for position, label in axis.ticks:
+                ax.plot([i - 0.03, i], [position, position], color="black", linewidth=1)
+                ax.text(i + 0.04, position, label, fontsize=TEXT, va="center", zorder=5,
+                        bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none", "pad": 1})  # fmt: skip
+        cmap, norm, levels = rank_colours(metric)
+        order = np.argsort(metric if record.maximize else -metric, kind="stable")  # the best last: on top
+        for rank, j in enumerate(order):
+            best = rank == len(order) - 1
+            ax.plot(range(len(names)), [axis.positions[j] for axis in axes], color=cmap(norm(metric[j])),
+                    linewidth=3 if best else 1.8, alpha=0.9, gid=trials[j]["name"])  # fmt: skip
+        shown_levels = np.unique(np.linspace(0, len(levels) - 1, min(len(levels), 10)).round().astype(int))
+        centres = (norm.boundaries[:-1] + norm.boundaries[1:]) / 2  # the middle of each value's equal segment
+        bar = fig.colorbar(ScalarMappable(norm, cmap), ax=ax, ticks=centres[shown_levels], shrink=0.9, spacing="uniform")
+        bar.ax.set_yticklabels([distinct_labels(levels)[i] for i in shown_levels], fontsize=TEXT)
+        bar.set_label(f"{record.metric}: one colour per value, in rank order", fontsize=TEXT)
+        ax.set_xticks(range(len(names)), [f"{n} (log)" if a.log else n for n, a in zip(names, axes)], fontsize=TEXT)
+        ax.set(yticks=[], ylim=(-0.05, 1.05), xlim=(-0.3, len(names) - 0.45))
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+    else:
+        ax.set_axis_off()
+        ax.text(0.5, 0.5, "no finished trial yet", ha="center", fontsize=TEXT)
+    titled(fig, f"Parallel coordinates: {len(trials)} finished trial(s), coloured by {record.metric}", caption_line)
+    return save(fig, path)
 
 
-def plot_progress(record: SweepRecord, path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(7, 4))
+def plot_progress(record: SweepRecord, path: Path, caption_line: str = ""):
+    fig = new_figure(8, 4.5)
+    ax = fig.subplots()
     done = sorted((t for t in record.finished()), key=lambda t: t["number"])
     numbers = [t["number"] for t in done]
     values = [t["metric"] for t in done]
@@ -272,18 +331,16 @@ def plot_progress(record: SweepRecord, path: Path) -> None:
     if stopped:
         ax.scatter([t["number"] for t in stopped], [t["metric"] for t in stopped], marker="v", color="tab:grey",
                    zorder=4, label="stopped early (metric so far)")  # fmt: skip
-    failed = [t["number"] for t in record.trials if t["state"] not in RANKED]
+    failed = [t["number"] for t in record.trials if t not in done]
     if failed:
         low = min(values) if values else 0.0
         ax.scatter(failed, [low] * len(failed), marker="x", color="tab:red", label="failed / interrupted")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("trial")
     ax.set_ylabel(f"{record.metric} (validation)")
-    ax.set_title(f"Sweep {record.name}")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=TEXT)
+    titled(fig, f"{record.metric} of each trial, in the order they ran", caption_line)
+    return save(fig, path)
 
 
 def write_report(record: SweepRecord, out_dir: Path) -> dict[str, Path]:
@@ -293,20 +350,22 @@ def write_report(record: SweepRecord, out_dir: Path) -> dict[str, Path]:
     header, rows = table(record)
     with open(paths[TABLE_CSV], "w", newline="") as f:
         csv.writer(f).writerows([header, *rows])
-    factors = importance(record)
-    with open(paths[IMPORTANCE_CSV], "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["parameter", "importance", "pearson", "spearman"])
-        writer.writeheader()
-        writer.writerows(factors)
-    columns = ["importance", "pearson", "spearman"]
-    factor_rows = [[r["parameter"], *(shown(r[k]) if _finite(r[k]) else "n/a" for k in columns)] for r in factors]
-    factor_text = markdown(["parameter", *columns], factor_rows)
+    withheld = importance_withheld(record)
+    if withheld:  # no ranking to write: the report says why, and an older one does not stay behind
+        paths.pop(IMPORTANCE_CSV).unlink(missing_ok=True)
+        factor_text = withheld
+    else:
+        factors = importance(record)
+        with open(paths[IMPORTANCE_CSV], "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["parameter", "importance", "pearson", "spearman"])
+            writer.writeheader()
+            writer.writerows(factors)
+        columns = ["importance", "pearson", "spearman"]
+        factor_rows = [[r["parameter"], *(shown(r[k]) if _finite(r[k]) else "n/a" for k in columns)] for r in factors]
+        factor_text = markdown(["parameter", *columns], factor_rows)
     title = f"# Sweep {record.name} ({record.kind.name}): {record.metric} on the validation split"
     sections = [title, markdown(header, rows)]
     sections += [f"## Parameter importance and correlation with {record.metric}", factor_text]
-    if len(record.finished()) <= len(factors):
-        done = len(record.finished())
-        sections.append(f"Only {done} finished trial(s) for {len(factors)} columns: a hint, not a finding.")
     if record.finished():
         paths[BEST_CONFIG] = out_dir / BEST_CONFIG
         best = record.winner()
@@ -317,8 +376,8 @@ def write_report(record: SweepRecord, out_dir: Path) -> dict[str, Path]:
         options = yaml.dump(best_config(record), Dumper=_ConfigDumper, sort_keys=False)
         paths[BEST_CONFIG].write_text(comment + options)
         sections += ["## Best configuration", f"`{paths[BEST_CONFIG]}`"]
-    plot_parallel(record, paths[PARALLEL_PNG])
-    plot_progress(record, paths[PROGRESS_PNG])
+    plot_parallel(record, paths[PARALLEL_PNG], sweep_caption(record))
+    plot_progress(record, paths[PROGRESS_PNG], sweep_caption(record))
     paths[REPORT_MD].write_text("\n\n".join(sections) + "\n")
     print(markdown(header, rows))
     print()

@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 import os
+import shutil
 import time
 import warnings
+import zipfile
 from pathlib import Path
 
+import h5py
 import keras
 
+from ..errors import DataError
+from ..files import replacing
 from ..keras_compat import backup_files, is_improvement, prepare_monitor
 from ..outputs.run_folder import (
     CHECKPOINT,
+    CHECKPOINT_RECORD,
     HISTORY,
     PARTIAL_CHECKPOINT,
-    best_in_history,
     best_value,
     read_checkpoint_record,
     read_history,
@@ -23,6 +30,9 @@ from ..outputs.run_folder import (
     write_checkpoint_record,
     write_history,
 )
+
+log = logging.getLogger(__name__)
+NEW_FOLDER = "rerun in a new --output-dir"
 
 
 class EpochTimer(keras.callbacks.Callback):
@@ -69,7 +79,8 @@ class RunCheckpoint(keras.callbacks.ModelCheckpoint):
     epoch in checkpoint.json. It goes after the backup in the callback list: a kill between the two
     leaves a backup of an epoch whose checkpoint is missing, never a checkpoint of an epoch that the
     resume reruns (and whose history row it deletes). On resume, once the backup has restored that
-    epoch's weights, the missing checkpoint is written from them.
+    epoch's weights, the missing checkpoint is written from them; so is a damaged one (a disk fault),
+    and where the backup holds another epoch, a damaged checkpoint is an error that says what was lost.
     """
 
     def __init__(self, run_dir: Path, validated: bool):
@@ -81,7 +92,6 @@ class RunCheckpoint(keras.callbacks.ModelCheckpoint):
             monitor="val_accuracy" if validated else "loss",
             mode="max" if validated else "min",
             save_best_only=validated,
-            initial_value_threshold=best_in_history(self.run_dir) if validated else None,
         )
         self._repaired = False
 
@@ -90,12 +100,30 @@ class RunCheckpoint(keras.callbacks.ModelCheckpoint):
         if self._repaired:
             return
         self._repaired = True
-        rows = read_history(self.run_dir / HISTORY)
+        restored = resumed_epoch(self.run_dir)
+        rows = [r for r in read_history(self.run_dir / HISTORY) if int(r["epoch"]) <= restored]  # later ones rerun
         if not rows:
             return
         due = self.due_epoch(rows)
+        if self.validated:  # the epochs to come must beat the best so far
+            self.best = best_value("val_accuracy", [r.get("val_accuracy") for r in rows])
         record = read_checkpoint_record(self.run_dir)
-        if due == resumed_epoch(self.run_dir) and (record is None or record["epoch"] != due):
+        damage = archive_problem(self.final_path) if self.final_path.exists() else None
+        if damage and due != restored:
+            raise DataError(
+                f"{self.final_path} of epoch {due} is damaged ({damage}) and the backup holds only epoch {restored}: "
+                f"the best checkpoint is lost; delete {CHECKPOINT} and {CHECKPOINT_RECORD} to keep training from "
+                f"the backup (its epoch {restored} becomes the checkpoint), or {NEW_FOLDER}"
+            )
+        if record is None and not self.final_path.exists() and due != restored:
+            log.warning("%s and %s are gone: epoch %d, the best, is lost; the checkpoint is now epoch %d, from the "
+                        "backup", CHECKPOINT, CHECKPOINT_RECORD, due, restored)  # fmt: skip
+            due = restored
+            if self.validated:
+                self.best = best_value("val_accuracy", [rows[-1].get("val_accuracy")])
+        if due == restored and (damage or record is None or record["epoch"] != due):
+            if damage:
+                log.warning("%s was damaged (%s): written again from the backup of epoch %d", self.final_path, damage, due)
             self.model.save(self.partial_path)  # the restored weights are that epoch's
             self.publish(due)
 
@@ -105,7 +133,8 @@ class RunCheckpoint(keras.callbacks.ModelCheckpoint):
         if not self.validated:
             return int(rows[-1]["epoch"])
         best = best_value("val_accuracy", [r.get("val_accuracy") for r in rows])
-        return next(int(r["epoch"]) for r in rows if r.get("val_accuracy") not in (None, "") and float(r["val_accuracy"]) == best)
+        return next((int(r["epoch"]) for r in rows if r.get("val_accuracy") not in (None, "", "NA")
+                     and float(r["val_accuracy"]) == best), int(rows[-1]["epoch"]))  # fmt: skip
 
     def on_epoch_end(self, epoch, logs=None):
         super().on_epoch_end(epoch, logs)
@@ -115,6 +144,35 @@ class RunCheckpoint(keras.callbacks.ModelCheckpoint):
     def publish(self, epoch: int) -> None:
         os.replace(self.partial_path, self.final_path)
         write_checkpoint_record(self.run_dir, epoch)
+
+
+def archive_problem(path: Path) -> str | None:
+    """What makes a .keras file unreadable (None: its zip archive is whole, every member's checksum right)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
+        return f"not a whole .keras archive: {err}"
+    return f"its {bad} fails its checksum" if bad else None
+
+
+def backup_problem(weights: Path, metadata: Path) -> str | None:
+    """What makes one backup (weights and epoch, as Keras wrote them) unusable; None: every weight reads back."""
+    try:
+        json.loads(metadata.read_text())["epoch"] + 0
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return f"{metadata} is damaged ({type(err).__name__}: {' '.join(str(err).split())[:100]})"
+
+    def read(name, item):
+        if isinstance(item, h5py.Dataset):
+            item[()]
+
+    try:
+        with h5py.File(weights, "r") as f:
+            f.visititems(read)
+    except (OSError, ValueError, KeyError, RuntimeError) as err:
+        return f"{weights} is damaged ({' '.join(str(err).split())[:100]})"
+    return None
 
 
 class StagedBackupAndRestore(keras.callbacks.BackupAndRestore):
@@ -129,15 +187,44 @@ class StagedBackupAndRestore(keras.callbacks.BackupAndRestore):
     were written (the epoch is recorded after them) is discarded: there is nothing to restore.
     """
 
+    def __init__(self, backup_dir: str, **kwargs):
+        super().__init__(backup_dir, **kwargs)
+        self.make_restorable()
+
+    def make_restorable(self) -> None:
+        """Before anything reads the backup (the loop's resumed epoch, then Keras): where the latest one is damaged
+        (a kill while Keras wrote it, its writes are not atomic; a disk fault), the previous one (double_checkpoint)
+        takes its place, as Keras would do only for unreadable weights; where both are, one error says what to do."""
+        (weights, previous), (metadata, previous_metadata) = backup_files(self)
+        if not (weights.exists() or metadata.exists()):
+            return
+        if not (metadata.exists() or previous_metadata.exists()):
+            for path in (weights, previous):
+                path.unlink(missing_ok=True)  # killed while its first weights were written: nothing to restore
+            return
+        problem = backup_problem(weights, metadata)
+        if problem is None:
+            return
+        if previous.exists() and backup_problem(previous, previous_metadata) is None:
+            log.warning("%s: resuming from the backup before it", problem)
+            for source, target in ((previous, weights), (previous_metadata, metadata)):
+                with replacing(target, binary=True) as f, open(source, "rb") as old:
+                    shutil.copyfileobj(old, f)
+            return
+        raise DataError(
+            f"{problem} and there is no whole backup before it: the training state is lost; {NEW_FOLDER} (or delete "
+            f"backup/, {HISTORY}, {CHECKPOINT} and {CHECKPOINT_RECORD} in {Path(self.backup_dir).parent} to train "
+            "this run again from its first epoch)"
+        )
+
     def on_train_begin(self, logs=None):
-        weights, metadata = backup_files(self)
-        incomplete = [path for path in weights if path.exists()]
-        if incomplete and not any(path.exists() for path in metadata):
-            for path in incomplete:
-                path.unlink()
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
-            super().on_train_begin(logs)
+            try:
+                super().on_train_begin(logs)
+            except OSError as err:  # what make_restorable did not catch (the weights do not fit the model)
+                raise DataError(f"the backup in {self.backup_dir} cannot be restored ({' '.join(str(err).split())[:150]}); "
+                                f"{NEW_FOLDER}") from None  # fmt: skip
 
 
 class ResumableCSVLogger(keras.callbacks.CSVLogger):

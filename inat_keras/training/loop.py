@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.util
 import logging
 import math
 import shutil
@@ -15,6 +16,8 @@ from typing import Protocol
 
 import keras
 
+from ..analysis.curves import CURVES, plot_curves
+from ..analysis.figures import caption
 from ..config import TrainConfig, save_config, to_dict
 from ..data.pipeline import make_dataset, steps_per_epoch
 from ..data.sources import resolve_data_dir
@@ -59,6 +62,8 @@ from ..outputs.run_folder import (
 from .schedules import LearningRateLogger, run_schedule
 
 log = logging.getLogger(__name__)
+
+TENSORBOARD = "tensorboard"  # RUN/tensorboard/: TensorBoard's logs, with config.tensorboard
 
 
 class Kind(Protocol):
@@ -139,6 +144,8 @@ def make_callbacks(config: TrainConfig, run_dir: Path, images_per_epoch: int, ex
     callbacks = [
         timer,
         LearningRateLogger(),
+        # after the timer and the rate, whose values it logs too; write_graph off: a large file, rarely read
+        *([keras.callbacks.TensorBoard(str(run_dir / TENSORBOARD), write_graph=False)] if config.tensorboard else []),
         *extra,
         keras.callbacks.TerminateOnNaN(),
         ResumableCSVLogger(str(run_dir / HISTORY), extras=timer.row_extras),
@@ -185,6 +192,9 @@ def run_training(config: TrainConfig, kind: Kind, final: bool = True, callbacks:
             shutil.rmtree(run_dir, ignore_errors=True)
         return Path(config.output_dir or run_dir), {}
     kind.check(config)  # what can be checked is checked before any folder exists
+    if config.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise ConfigError("--tensorboard writes its logs through the tensorboard package, which is not installed: "
+                          "pip install tensorboard, or leave out --tensorboard")  # fmt: skip
     config = dataclasses.replace(config, wandb=tracking.resolve_mode(config.wandb))
     run_dir = Path(config.output_dir) if config.output_dir else new_run_dir(kind.run_name(config))
     with folder_lock(run_dir):
@@ -216,8 +226,9 @@ def finish_run(config: TrainConfig, kind: Kind, run_dir: Path, resuming: bool, p
     metrics, pictures = {}, {}
     if final:
         test_ds = make_dataset(splits.test, config, training=False)
+        seen = caption(f"run {run_dir.name}", f"{splits.root.name} test ({len(splits.test)} images)")
         metrics, pictures = evaluate_model(best, splits.test, test_ds, splits.class_names, run_dir, config.seed,
-                                          config.tta, fitted.wandb_run)  # fmt: skip
+                                          config.tta, fitted.wandb_run, seen)  # fmt: skip
     metrics.update(
         {
             "best_val_accuracy": best_in_history(run_dir),
@@ -236,6 +247,8 @@ def finish_run(config: TrainConfig, kind: Kind, run_dir: Path, resuming: bool, p
             **kind.metrics(fitted.model, fitted.stages),
         }
     )
+    curves_data = f"{splits.root.name}: {len(splits.train):,} train, {len(splits.val):,} validation images"
+    plot_curves(history, metrics.get("unfreezing_schedule"), run_dir / CURVES, caption(f"run {run_dir.name}", curves_data))
     write_json(run_dir / METRICS, metrics)
     tracking.log_results(fitted.wandb_run, metrics, pictures)
     fitted.wandb_run.finish()
@@ -300,13 +313,16 @@ def fit_stages(config: TrainConfig, kind: Kind, run_dir: Path, resuming: bool, p
         rate_factors = kind.rate_factors(model, config)
         optimizer = carried_optimizer(model, stages, config, per_epoch, rate_factors) if config.optimizer_state == "carry" else None
         start = resumed_epoch(run_dir)
-        for stage in stages:
-            if stage.stop <= start:
-                continue
+        # A run whose every epoch is done (killed during its test) fits its last stage for no epoch: the backup is
+        # restored and the checkpoint checked against it, rewritten from it where missing or damaged (RunCheckpoint).
+        for stage in [stage for stage in stages if stage.stop > start] or stages[-1:]:
             stage.apply(model)
-            first = max(stage.start, start)
-            shown = f"epoch {stage.stop}" if stage.stop == first + 1 else f"epochs {first + 1}-{stage.stop}"
-            log.info("stage %s: %s", stage.label, shown)
+            first = min(max(stage.start, start), stage.stop - 1)  # the dataset holds one epoch at least
+            if start >= stage.stop:
+                log.info("every epoch is done: checking the checkpoint against the backup of epoch %d", start)
+            else:
+                shown = f"epoch {stage.stop}" if stage.stop == first + 1 else f"epochs {first + 1}-{stage.stop}"
+                log.info("stage %s: %s", stage.label, shown)
             train_ds = make_dataset(splits.train, config, training=True, batch_size=batch, even_batches=even,
                                     epochs=(first, stage.stop), classes=len(splits.class_names))  # fmt: skip
             compile_model(model, config, optimizer, per_epoch, stage.start * per_epoch, rate_factors, train_ds.element_spec)

@@ -16,18 +16,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import keras
-import matplotlib
 import numpy as np
+from matplotlib.ticker import FuncFormatter
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from ..config import TrainConfig, save_config  # noqa: E402
-from ..data.pipeline import make_dataset, steps_per_epoch  # noqa: E402
-from ..errors import ConfigError  # noqa: E402
-from ..files import write_json  # noqa: E402
-from .loop import compile_model, dtype_policy, prepare_splits  # noqa: E402
-from ..outputs.run_folder import CONFIG, empty_output_dir  # noqa: E402
+from ..analysis.figures import TEXT, caption, new_figure, save, titled
+from ..config import TrainConfig, save_config
+from ..data.pipeline import make_dataset, steps_per_epoch
+from ..errors import ConfigError
+from ..files import write_json
+from ..outputs.run_folder import CONFIG, empty_output_dir
+from .loop import compile_model, dtype_policy, prepare_splits
 
 if TYPE_CHECKING:
     from .kinds import Kind
@@ -37,6 +35,7 @@ log = logging.getLogger(__name__)
 RESULT_JSON, PLOT_PNG = "lr_find.json", "lr_find.png"
 SMOOTHING = 0.98  # exponential moving average of the loss, bias-corrected (fastai's)
 DIVERGENCE = 4.0  # stop once the smoothed loss exceeds this many times its lowest value
+LOG_LOSS_SPAN = 5.0  # the plot's loss axis turns logarithmic when its largest loss is more than this x its lowest
 
 
 @keras.saving.register_keras_serializable(package="inat_keras")
@@ -137,28 +136,45 @@ def find_learning_rate(config: TrainConfig, kind: Kind, start_lr: float = 1e-7, 
         "smoothing": SMOOTHING, "divergence_factor": DIVERGENCE,
         "rates": rates, "losses": losses, "smoothed_losses": smoothed,
     })  # fmt: skip
-    plot(result, run_dir / PLOT_PNG, kind.run_name(config))
+    plot(result, run_dir / PLOT_PNG, caption(f"run {run_dir.name}", f"{splits.root.name} train ({len(splits.train)} images)"))
     return run_dir, result
 
 
-def plot(result: LRFindResult, path: Path, title: str) -> None:
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(result.rates, result.losses, color="tab:blue", alpha=0.3, linewidth=1, label="loss per step")
-    ax.plot(result.rates, result.smoothed, color="tab:blue", linewidth=2, label="smoothed")
-    at = result.rates.index(result.suggestion)
-    ax.scatter([result.suggestion], [result.smoothed[at]], color="tab:red", zorder=3,
-               label=f"steepest descent: {result.suggestion:.2g}")  # fmt: skip
+def plot(result: LRFindResult, path: Path, caption_line: str = ""):
+    """Every step's loss (the y-axis holds them all, up to where the finder stopped), the running average that
+    the suggestion and the divergence stop read (it trails the raw loss), and the suggested rate as drawn in
+    lr_find.json. A logarithmic loss axis where the losses span more than LOG_LOSS_SPAN x."""
+    fig = new_figure(8, 5.5)
+    ax = fig.subplots()
+    ax.plot(result.rates, result.losses, color="tab:blue", linewidth=1, marker=".", markersize=3,
+            label="training loss of each step")  # fmt: skip
+    lag = round(SMOOTHING / (1 - SMOOTHING))
+    ax.plot(result.rates, result.smoothed, color="tab:orange", linewidth=2,
+            label=f"running average (bias-corrected EMA, beta {SMOOTHING}): trails the loss by ~{lag} steps")  # fmt: skip
+    ax.axvline(result.suggestion, color="tab:red", linestyle="--",
+               label=f"suggested rate {result.suggestion:.3g} (steepest fall of the running average)")  # fmt: skip
+    ax.axvline(result.minimum, color="tab:green", linestyle=":", label=f"lowest-average rate / 10: {result.minimum:.3g}")
+    shown = [*result.losses, *result.smoothed]
+    if result.diverged:
+        cut = DIVERGENCE * min(result.smoothed)
+        ax.axhline(cut, color="tab:gray", linestyle="-.", label=f"divergence stop: running average above {cut:.3g}")
+        shown.append(cut)
+    low, high = min(shown), max(shown)
+    if low > 0 and high / low > LOG_LOSS_SPAN:
+        ax.set_yscale("log")
+        ax.set_ylim(low / 1.1, high * 1.1)
+        for axis_ticks in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+            axis_ticks(FuncFormatter(lambda value, _: f"{value:g}"))  # 2, 3, 10, not 2x10^0
+    else:
+        pad = 0.05 * (high - low) or 0.05 * abs(high) or 0.1
+        ax.set_ylim(low - pad, high + pad)
     ax.set_xscale("log")
     ax.set_xlabel("learning rate (log scale)")
-    ax.set_ylabel("training loss")
-    low, first = min(result.smoothed), result.smoothed[0]
-    span = max(first - low, 0.05 * abs(low), 1e-6)  # the descent fills the plot; the blow-up runs off its top
-    ax.set_ylim(low - 0.2 * span, first + span)
-    ax.set_title(f"Learning-rate finder: {title}{' (stopped at divergence)' if result.diverged else ''}")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    ax.set_ylabel(f"training loss{' (log scale)' if ax.get_yscale() == 'log' else ''}")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), fontsize=TEXT, ncols=1)
+    stopped = "stopped where the loss diverged" if result.diverged else "ran every step"
+    titled(fig, f"Learning-rate finder: {len(result.rates)} steps, {stopped}", caption_line)
+    return save(fig, path)
 
 
 def summary(result: LRFindResult) -> str:
