@@ -191,3 +191,12 @@ def test_the_command_line_prints_no_tensorflow_chatter():
         "error: image size 20 is too small for kernel sizes [3, 3, 3, 3, 3]: the feature map is 3x3 before block 3 "
         "(kernel 3x3 then 2x2 pool); the smallest image size that works is 94"
     ]
+
+
+def test_every_package_folder_ships_in_the_wheel():
+    """A new sub-package missing from pyproject's list installs in editable mode and breaks only in a wheel."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    folders = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "inat_keras").rglob("__init__.py")}
+    assert folders - listed == set()

@@ -50,10 +50,10 @@ STUDY_BEST = "scratch_best.yaml"  # the study's winning configuration, in config
 STRATEGY_NAMES = {"full": "full", "head": "head only", "last_k": "last k units", "gradual": "gradual unfreezing"}
 # Pictures of a final run (inference.evaluation), shown when the run wrote them.
 FINAL_PICTURES = (
-    ("predictions_grid.png", "10x3 grid of test images: true and predicted class (green right, red wrong)"),
-    ("confusion_matrix.png", "confusion matrix on the test set"),
+    ("predictions_grid.png", "10x3 grid of test images with their files: true and predicted class (WRONG in red)"),
+    ("confusion_matrix.png", "confusion matrix on the test set: counts, and each row's shares"),
     ("class_accuracy.png", "accuracy of each class on the test set"),
-    ("top_losses.png", "the most confidently wrong test images"),
+    ("top_losses.png", "the test images with the least probability on their true class (largest loss first)"),
     ("reliability_diagram.png", "calibration: confidence against accuracy"),
 )
 # The study's images behind each of its numbers (reference.STUDY_IMAGES).
