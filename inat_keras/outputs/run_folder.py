@@ -153,11 +153,16 @@ def damaged(path: Path, problem: str, remedy: str) -> DataError:
     return DataError(f"{path} is damaged ({problem}); {remedy}")
 
 
-def read_json(path: Path, remedy: str):
+def read_json(path: Path, remedy: str, problem=lambda value: None):
+    """A run file's JSON; `problem(value)` says what keeps its structure from being used (None: nothing)."""
     try:
-        return json.loads(Path(path).read_text())
+        value = json.loads(Path(path).read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise damaged(path, f"not valid JSON: {err}", remedy) from None
+    found = problem(value)
+    if found:
+        raise damaged(path, found, remedy)
+    return value
 
 
 SPLIT_REMEDY = ("the run's exact split is lost: rerun it in a new --output-dir (evaluate, predict, explain and export "
@@ -169,11 +174,7 @@ def read_split(run_dir: Path) -> dict | None:
     path = Path(run_dir) / SPLIT
     if not path.is_file():
         return None
-    record = read_json(path, SPLIT_REMEDY)
-    problem = split_problem(record)
-    if problem:
-        raise damaged(path, problem, SPLIT_REMEDY)
-    return record
+    return read_json(path, SPLIT_REMEDY, split_problem)
 
 
 def split_problem(record) -> str | None:
@@ -212,11 +213,14 @@ def read_checkpoint_record(run_dir: Path) -> dict | None:
     if not path.is_file():
         return None
     remedy = f"delete it and resume (it only records which epoch {CHECKPOINT} holds)"
-    record = read_json(path, remedy)
+    return read_json(path, remedy, checkpoint_record_problem)
+
+
+def checkpoint_record_problem(record) -> str | None:
     epoch = record.get("epoch") if isinstance(record, dict) else None
     if not (isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 1):
-        raise damaged(path, f"expected {{\"epoch\": N}} with N >= 1, got {json.dumps(record)[:80]}", remedy)
-    return record
+        return f"expected {{\"epoch\": N}} with N >= 1, got {json.dumps(record)[:80]}"
+    return None
 
 
 def write_checkpoint_record(run_dir: Path, epoch: int) -> None:

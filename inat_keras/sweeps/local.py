@@ -22,7 +22,7 @@ from ..errors import ConfigError, DataError
 from ..files import remove_abandoned_temps, write_json
 from ..locks import LOCK, folder_lock
 from ..outputs import tracking
-from ..outputs.run_folder import BACKUP, HISTORY, METRIC_GOALS, METRICS, best_value, damaged, read_history, read_json
+from ..outputs.run_folder import BACKUP, HISTORY, METRIC_GOALS, METRICS, best_value, read_history, read_json
 from ..training.kinds import KINDS
 from .hyperband import HyperbandStop, bands, stopped_at
 from .spec import SweepPlan, sweeps
@@ -85,11 +85,7 @@ def read_trials(sweep_dir: Path) -> dict:
         raise ConfigError(f"{sweep_dir} holds no sweep ({TRIALS_FILE} is missing)")
     remedy = ("the sweep cannot resume or be reported: rerun it in a new --output-dir (its finished trials' folders "
               f"stay in {Path(sweep_dir) / TRIALS_DIR})")  # fmt: skip
-    state = read_json(path, remedy)
-    problem = trials_problem(state)
-    if problem:
-        raise damaged(path, problem, remedy)
-    return state
+    return read_json(path, remedy, trials_problem)
 
 
 def trials_problem(state) -> str | None:
