@@ -247,9 +247,8 @@ def finish_run(config: TrainConfig, kind: Kind, run_dir: Path, resuming: bool, p
             **kind.metrics(fitted.model, fitted.stages),
         }
     )
-    if final:  # a sweep trial draws no pictures: its curves are in its history.csv and in W&B
-        curves_data = f"{splits.root.name}: {len(splits.train):,} train, {len(splits.val):,} validation images"
-        plot_curves(history, metrics.get("unfreezing_schedule"), run_dir / CURVES, caption(f"run {run_dir.name}", curves_data))
+    curves_data = f"{splits.root.name}: {len(splits.train):,} train, {len(splits.val):,} validation images"
+    plot_curves(history, metrics.get("unfreezing_schedule"), run_dir / CURVES, caption(f"run {run_dir.name}", curves_data))
     write_json(run_dir / METRICS, metrics)
     tracking.log_results(fitted.wandb_run, metrics, pictures)
     fitted.wandb_run.finish()
