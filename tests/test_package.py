@@ -28,7 +28,7 @@ ALLOWED = {
     "serving": {"serving", "inference"} | LOW,
     "study": {"study", "serving", "sweeps", "training", "inference"} | LOW,
 }
-TOP = {"config", "errors", "files", "locks", "keras_compat"}  # the modules at the top that every folder may use
+TOP = {"config", "errors", "files", "locks", "keras_compat", "machine"}  # the modules at the top that every folder may use
 THIRD_PARTY = "import keras, keras_cv, tensorflow, jax, wandb, sweeps, sklearn, matplotlib, scipy, requests, PIL"
 
 

@@ -14,7 +14,6 @@ import dataclasses
 import datetime
 import json
 import os
-import platform
 import resource
 import statistics
 import time
@@ -28,6 +27,7 @@ import tensorflow as tf
 from ..config import FinetuneConfig, ScratchConfig, TrainConfig, commands, load_config, shipped_config
 from ..data.augment import augment_spec, device_augment
 from ..data.pipeline import make_dataset, steps_per_epoch
+from ..machine import cpu_model
 from ..data.splits import dataset_root, load_splits
 from ..data.synthetic import cached_photo_folder
 from ..keras_compat import sublayers
@@ -236,10 +236,7 @@ def bench_data(model: keras.Model, config: TrainConfig, options: BenchOptions, r
 
 def machine() -> dict:
     """What ran the benchmark: CPU, accelerator, library versions and the settings that change speed."""
-    cpu = platform.processor()
-    if Path("/proc/cpuinfo").exists():
-        names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
-        cpu = names[0] if names else cpu
+    cpu = cpu_model()
     info = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "backend": keras.backend.backend(),

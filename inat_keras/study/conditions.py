@@ -16,6 +16,7 @@ import keras
 from ..analysis.curves import unit_name
 from ..config import STRATEGIES, FinetuneConfig, ScratchConfig, StudyConfig, load_config, read_yaml, shipped_config
 from ..models.backbones import BACKBONES
+from ..machine import cpu_model
 from ..models.strategies import unfreeze_order, unit_counts
 from .reference import FIDELITY_ROWS, STUDY_DATA
 
@@ -114,10 +115,7 @@ def git_commit() -> str:
 
 def device() -> str:
     """The CPU (model and cores) and any accelerator the backend sees."""
-    cpu = platform.processor() or platform.machine()
-    if Path("/proc/cpuinfo").exists():
-        names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
-        cpu = names[0] if names else cpu
+    cpu = cpu_model() or platform.machine()
     if keras.backend.backend() == "jax":
         import jax
 
