@@ -50,6 +50,7 @@ ROWS = {
     "guide: full": ("Keras-guide regime", GUIDE, ["--strategy", "full"]),
     "guide: head": ("Keras-guide regime", GUIDE, ["--strategy", "head"]),
     "plus (recipe)": ("recipe", PLUS, ["--strategy", "gradual"]),
+    "plus: last 5": ("recipe", PLUS, ["--strategy", "last_k", "--k", "5"]),  # is it the recipe, or gradual?
 }
 COMMON = ["--backbone", "efficientnet_lite0", "--unfreeze-every", "1"]
 

@@ -271,6 +271,8 @@ def test_the_schedule_prints_lite0_units(capsys):
 def test_every_part_b_option_runs_on_lite0_and_its_checkpoint_serves(tmp_path, make_image_folder):
     """Every Part B option at once on Lite0 with its ImageNet weights: gradual by stage units, the study's batch
     norm, one carried Adam, layer-wise rates, EMA and TTA; 2 epochs (2 stages) of colour images at 32 px."""
+    import onnx
+
     from inat_keras.serving.explain import explain_checkpoint
     from inat_keras.serving.export import export_checkpoint
     from inat_keras.serving.predict import predict_images
@@ -303,3 +305,6 @@ def test_every_part_b_option_runs_on_lite0_and_its_checkpoint_serves(tmp_path, m
     for fmt in formats:  # each export is checked against Keras's logits by the exporter itself
         folder, info = export_checkpoint(ExportOptions(checkpoint=checkpoint, format=fmt, output_dir=str(tmp_path / fmt)))
         assert info["check"]["max_abs_logit_difference"] < 1e-2 and (folder / info["model"]).exists(), fmt
+    # one grouped convolution per depthwise layer, not the k*k slices JAX trains with on a CPU (layers.exporting)
+    graph = onnx.load(str(tmp_path / "onnx" / "model.onnx")).graph
+    assert sum(node.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in node.attribute) for node in graph.node) == 16

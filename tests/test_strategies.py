@@ -178,40 +178,29 @@ def test_a_stage_sets_every_flag_whatever_the_previous_one_left(model):
         assert {w.path for w in model.trainable_weights} == {p for p in expected if "moving_" not in p}, weights
 
 
-@pytest.mark.parametrize(
-    "strategy, k, weights, groups",
-    [
-        ("head", 5, PRETRAINED, {"head"}),
-        ("last_k", 1, PRETRAINED, {"head", "top", "block6o"}),
-        ("full", 5, PRETRAINED, set(GROUPS)),
-        ("last_k", 1, "none", {"head", "top", "block6o"}),
-    ],
-)
-def test_a_short_fit_changes_exactly_the_intended_weights(model, strategy, k, weights, groups):
-    settings = config(strategy=strategy, k=k, weights=weights, learning_rate=1e-3)
+def test_a_short_fit_of_v2s_changes_exactly_the_last_blocks_weights_and_its_batch_norm(model):
+    """One V2-S fit (40 blocks compile in about a minute on CI): random weights, so batch norm trains in the
+    unfrozen block and nowhere else. Head only, full and pretrained batch norm: the Lite0 fits above."""
+    groups = {"head", "top", "block6o"}
+    settings = config(strategy="last_k", k=1, weights="none", learning_rate=1e-3)
     [stage] = plan_stages(model, settings)
     stage.apply(model)
     compile_model(model, settings)
     rng = np.random.default_rng(0)
-    images = rng.uniform(0, 255, (8, SIZE, SIZE, 3)).astype("float32")
-    labels = np.arange(8) % 3
     before = snapshot(model)
-    model.fit(images, labels, batch_size=4, epochs=1, verbose=0)
-    after = snapshot(model)
-    # pretrained: batch norm never moves; random weights: it trains in the unfrozen groups only
-    expected = should_train(before, groups, batch_norm=weights == "none")
-    assert changed(before, after) == expected
+    model.fit(rng.uniform(0, 255, (8, SIZE, SIZE, 3)).astype("float32"), np.arange(8) % 3, batch_size=4, epochs=1, verbose=0)
+    expected, moved = should_train(before, groups, batch_norm=True), changed(before, snapshot(model))
+    assert moved == expected
     assert {w.path for w in model.trainable_weights} == {p for p in expected if "moving_" not in p}
     counts = trainable_counts(model)
-    assert counts["trainable_blocks"] == len(groups & set(BLOCKS))
+    assert counts["trainable_blocks"] == 1
     assert counts["trainable_params"] == sum(before[p].size for p in expected if "moving_" not in p)
-    if k == 1 and weights == PRETRAINED:  # one block: all of its 7 tensors, not one tensor
-        assert sorted(p for p in changed(before, after) if p.startswith("block6o_")) == [
-            "block6o_/block6o_dwconv2/kernel", "block6o_/block6o_expand_conv/kernel",
-            "block6o_/block6o_project_conv/kernel", "block6o_/block6o_se_expand/bias",
-            "block6o_/block6o_se_expand/kernel", "block6o_/block6o_se_reduce/bias",
-            "block6o_/block6o_se_reduce/kernel",
-        ]  # fmt: skip
+    assert {p for p in moved if p.startswith("block6o_") and not p.endswith(BATCH_NORM)} == {
+        "block6o_/block6o_dwconv2/kernel", "block6o_/block6o_expand_conv/kernel",
+        "block6o_/block6o_project_conv/kernel", "block6o_/block6o_se_expand/bias",
+        "block6o_/block6o_se_expand/kernel", "block6o_/block6o_se_reduce/bias",
+        "block6o_/block6o_se_reduce/kernel",
+    }  # one block: all of its 7 tensors, not one tensor  # fmt: skip
 
 
 class Recorder(keras.callbacks.Callback):
@@ -237,7 +226,9 @@ class Recorder(keras.callbacks.Callback):
 
 
 def gradual(folder, out, **values) -> FinetuneConfig:
-    return config(strategy="gradual", data_dir=str(folder), output_dir=str(out), batch_size=8, **values)
+    """Lite0: the stage mechanics are the backbone's layout (data), and Lite0 compiles about 3x faster than V2-S."""
+    return config(backbone="efficientnet_lite0", strategy="gradual", data_dir=str(folder), output_dir=str(out),
+                  batch_size=8, **values)
 
 
 def train(settings, *extra):
@@ -245,17 +236,7 @@ def train(settings, *extra):
     return kind.train(settings)
 
 
-@pytest.fixture(scope="module")
-def weights_file(model, tmp_path_factory):
-    """Backbone weights saved as a local file: a pretrained source as far as the strategies can tell."""
-    path = tmp_path_factory.mktemp("weights") / "backbone.weights.h5"
-    model.get_layer("backbone").save_weights(path)
-    return path
-
-
-def test_gradual_unfreezing_grows_on_schedule_and_continues_across_stages(
-    image_folder, tmp_path, weights_file, monkeypatch
-):
+def test_gradual_unfreezing_grows_on_schedule_and_continues_across_stages(image_folder, tmp_path, monkeypatch):
     logged, runs = [], []
     start_run = tracking.start_run
 
@@ -266,12 +247,12 @@ def test_gradual_unfreezing_grows_on_schedule_and_continues_across_stages(
 
     monkeypatch.setattr(tracking, "start_run", counted_start_run)
     settings = gradual(
-        image_folder, tmp_path / "run", epochs=3, unfreeze_every=1, unfreeze_step=1, weights=str(weights_file)
-    )
+        image_folder, tmp_path / "run", epochs=3, unfreeze_every=1, unfreeze_step=1, weights="imagenet"
+    )  # real weights: on random ones some of Lite0's ReLU6 units pass no gradient, and their kernels stay put
     recorder = Recorder(tmp_path / "run" / "model.keras")
     run_dir, metrics = train(settings, recorder)
 
-    schedule = [{"head"}, {"head", "top", "block6o"}, {"head", "top", "block6o", "block6n"}]
+    schedule = [{"head"}, {"head", "top", "block7a"}, {"head", "top", "block7a", "block6d"}]
     initial = recorder.weights[-1]
     for epoch, groups in enumerate(schedule):
         assert changed(recorder.weights[epoch - 1], recorder.weights[epoch]) == should_train(initial, groups), epoch

@@ -9,10 +9,27 @@ devices.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 
 import keras
 from keras import layers, ops
+
+_EXPORTING = contextvars.ContextVar("exporting", default=False)
+
+
+@contextlib.contextmanager
+def exporting():
+    """Depthwise convolutions as Keras's own op inside, for graphs that leave Keras. A converter maps that op
+    to one ONNX or TensorFlow convolution, but the CPU form below to k*k slices and products per layer
+    (jax2onnx spent 150 s on Lite0's 16). Pooling keeps its CPU form: onnxruntime refuses the MaxPool that
+    jax2onnx makes of Keras's pooling ("Unsupported pooling size")."""
+    token = _EXPORTING.set(True)
+    try:
+        yield
+    finally:
+        _EXPORTING.reset(token)
 
 
 def on_jax_cpu() -> bool:
@@ -171,6 +188,7 @@ class DepthwiseConv2D(layers.DepthwiseConv2D):
     def call(self, inputs):
         if not (
             on_jax_cpu()
+            and not _EXPORTING.get()
             and self.depth_multiplier == 1
             and self.data_format == "channels_last"
             and tuple(self.dilation_rate) == (1, 1)

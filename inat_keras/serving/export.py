@@ -21,6 +21,7 @@ from ..errors import ConfigError, DataError
 from ..files import remove_abandoned, staging_dir, write_json, write_text
 from ..config import ExportOptions
 from ..inference.checkpoint import class_names_for, image_shape, load_checkpoint
+from ..models.layers import exporting
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +130,8 @@ def export_checkpoint(options: ExportOptions) -> tuple[Path, dict]:
         expected = keras.ops.convert_to_numpy(model(images, training=False)).astype("float32")  # ONNX needs a called model
         logging.getLogger("tf2onnx").setLevel(logging.WARNING)  # its INFO lines narrate every graph rewrite
         try:
-            model.export(str(partial / name), format=keras_format, verbose=False, **EXPORT_OPTIONS.get((fmt, backend), {}))
+            with exporting():
+                model.export(str(partial / name), format=keras_format, verbose=False, **EXPORT_OPTIONS.get((fmt, backend), {}))
         except Exception as err:  # a converter's failure, whatever its type: one line, nothing published
             raise DataError(f"{fmt} export of {checkpoint} failed under {backend}: {type(err).__name__}: "
                             f"{' '.join(str(err).split())[:300]}") from err  # fmt: skip
