@@ -11,6 +11,8 @@ import pytest
 import inat_keras
 from inat_keras.errors import ConfigError
 
+pytestmark = pytest.mark.backend_independent  # the Python API over the commands; each backend's training is tested elsewhere
+
 ROOT = Path(__file__).resolve().parents[1]
 COLOURS = {"blue": (30, 40, 200), "green": (30, 160, 40), "red": (180, 30, 30)}
 

@@ -18,6 +18,8 @@ from inat_keras.outputs.run_folder import read_checkpoint_record, read_history, 
 from inat_keras.training import loop
 from inat_keras.training.kinds import KINDS
 
+pytestmark = pytest.mark.backend_independent  # files on disk: damage, full disks, backups
+
 
 def test_a_truncated_checkpoint_is_named_as_such(tiny_run, tmp_path, capsys):
     run_dir = tiny_run.run_dir

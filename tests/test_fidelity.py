@@ -63,6 +63,7 @@ def model():
     return build_finetune_model(FinetuneArchitecture.of(finetune_config()), 10)
 
 
+@pytest.mark.backend_independent  # parameter counts, no arithmetic of the backend's
 def test_stage_units_have_torchvisions_parameter_counts(model, independent_unit_params):
     ours = {
         name: sum(int(np.prod(w.shape)) for layer in members for w in layer.trainable_weights)
@@ -78,6 +79,7 @@ def schedule_counts(capsys, *flags) -> list[tuple[str, int]]:
     return [(epochs, int(count.replace(",", ""))) for epochs, count in rows]
 
 
+@pytest.mark.backend_independent  # parameter counts, no arithmetic of the backend's
 def test_print_schedule_shows_the_studys_stages(capsys, independent_unit_params):
     p = independent_unit_params
     order = ["head", "top", "stage6", "stage5", "stage4", "stage3"]
@@ -320,6 +322,7 @@ def test_a_resumed_run_continues_the_augmentation_draws(image_folder):
 # ---- Protocol ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.backend_independent  # the protocol: which files a trial reads
 def test_sweep_trials_never_touch_the_test_set(image_folder, tmp_path, monkeypatch, make_sweep_file, tiny_cnn_options):
     from inat_keras.outputs import tracking
 
@@ -353,6 +356,7 @@ def one_epoch_stages(model, config):
     return [Stage(e, e + 1) for e in range(config.epochs)]
 
 
+@pytest.mark.backend_independent  # the callback's bookkeeping across stages and a resume
 def test_early_stopping_spans_stages_and_a_resume(image_folder, tmp_path, tiny_cnn_options, interrupt):
     staged = dataclasses.replace(KINDS["scratch"], plan_stages=one_epoch_stages)
     still = {**tiny_cnn_options, "data_dir": str(image_folder), "epochs": 6, "early_stopping": 2,
@@ -367,6 +371,7 @@ def test_early_stopping_spans_stages_and_a_resume(image_folder, tmp_path, tiny_c
     assert metrics["epochs_run"] == 3
 
 
+@pytest.mark.backend_independent  # the run's test list, a broken file
 def test_evaluate_reuses_the_runs_test_list_and_reports_a_broken_file(image_folder, tmp_path, capsys, tiny_cnn_options):
     config = build_config(ScratchConfig, {**tiny_cnn_options, "data_dir": str(image_folder), "epochs": 1,
                                           "output_dir": str(tmp_path / "run")})  # fmt: skip
@@ -384,6 +389,7 @@ def test_evaluate_reuses_the_runs_test_list_and_reports_a_broken_file(image_fold
     assert len(err) == 1 and err[0].startswith("error: 1 image(s) of the run's test list") and saved_test[0] in err[0]
 
 
+@pytest.mark.backend_independent  # files on disk after a kill
 def test_a_kill_between_backup_and_checkpoint_leaves_them_in_agreement(image_folder, tmp_path, monkeypatch, tiny_cnn_options):
     config = build_config(ScratchConfig, {**tiny_cnn_options, "data_dir": str(image_folder), "epochs": 3,
                                           "output_dir": str(tmp_path / "run"), "augment": False})  # fmt: skip
