@@ -69,8 +69,8 @@ def test_data_parallel_on_two_devices_matches_one_device(tmp_path, make_image_fo
 def test_gradual_unfreezing_recompiles_inside_the_distribution(tmp_path, make_image_folder):
     data = make_image_folder(tmp_path / "data", {"train": 4, "val": 2})
     values = {"kind": "finetune", "data_dir": str(data), "output_dir": str(tmp_path / "run"), "image_size": 32,
-              "backbone": "efficientnet_lite0", "weights": "none", "strategy": "gradual", "epochs": 2, "unfreeze_every": 1, "unfreeze_step": 1,
-              "batch_size": 2, "distribute": "data-parallel", "augment": False, "wandb": "disabled"}  # fmt: skip
+              "backbone": "efficientnet_lite0", "weights": "none", "strategy": "gradual", "epochs": 2,
+              "unfreeze_every": 1, "unfreeze_step": 1, "batch_size": 2, "distribute": "data-parallel", "augment": False, "wandb": "disabled"}  # fmt: skip
     (result,) = run_script(values)
     metrics = result["metrics"]
     assert metrics["devices"] == 2 and metrics["global_batch_size"] == 4

@@ -124,6 +124,17 @@ def test_a_local_keras_cv_preset_folder_brings_its_weights_and_scaling(tmp_path)
     assert model.get_layer(PREPROCESS).offset == 0
 
 
+def test_a_local_weights_file_fills_the_backbone(backbone, tmp_path):
+    """--weights PATH.weights.h5: a backbone's own saved weights, loaded whole, with the official scaling."""
+    backbone.save_weights(tmp_path / "mine.weights.h5")
+    keras.utils.set_random_seed(3)
+    fresh = build_backbone(SIZE)
+    assert not all(np.array_equal(a, b) for a, b in zip(fresh.get_weights(), backbone.get_weights()))
+    assert load_weights(fresh, str(tmp_path / "mine.weights.h5")) == (1 / 128, -1.0)
+    for loaded, saved in zip(fresh.get_weights(), backbone.get_weights(), strict=True):
+        np.testing.assert_array_equal(loaded, saved)
+
+
 def test_weights_that_cannot_be_had_stop_with_the_place_and_the_offline_alternative(backbone, monkeypatch):
     def offline(*args, **kwargs):
         raise Exception("URL fetch failure: [Errno -2] Name or service not known")

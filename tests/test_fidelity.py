@@ -176,8 +176,9 @@ def test_carried_adam_equals_torchs_adam_across_unfreezing():
 def test_gradual_fine_tuning_carries_one_adam_through_fit(image_folder, tmp_path):
     # val_fraction 0: no validation step to compile at each stage; the optimizer never sees validation
     settings = finetune_config(backbone="efficientnet_lite0", strategy="gradual", unfreeze_unit="stage",
-                               batch_norm_mode="study", optimizer_state="carry", epochs=2, unfreeze_every=1, batch_size=8, val_fraction=0,
-                               data_dir=str(image_folder), output_dir=str(tmp_path / "run"), augment=False)  # fmt: skip
+                               batch_norm_mode="study", optimizer_state="carry", epochs=2, unfreeze_every=1,
+                               batch_size=8, val_fraction=0, data_dir=str(image_folder),
+                               output_dir=str(tmp_path / "run"), augment=False)  # fmt: skip
     seen = []
 
     class Spy(keras.callbacks.Callback):

@@ -27,10 +27,10 @@ import tensorflow as tf
 from ..config import FinetuneConfig, ScratchConfig, TrainConfig, commands, load_config, shipped_config
 from ..data.augment import augment_spec, device_augment
 from ..data.pipeline import make_dataset, steps_per_epoch
-from ..machine import cpu_model
 from ..data.splits import dataset_root, load_splits
 from ..data.synthetic import cached_photo_folder
 from ..keras_compat import sublayers
+from ..machine import cpu_model
 from ..models.cnn import CnnArchitecture, build_cnn, model_flops
 from ..models.finetune import FinetuneArchitecture, build_finetune_model
 from ..training.callbacks import EpochTimer

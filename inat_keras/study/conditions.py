@@ -15,8 +15,8 @@ import keras
 
 from ..analysis.curves import unit_name
 from ..config import STRATEGIES, FinetuneConfig, ScratchConfig, StudyConfig, load_config, read_yaml, shipped_config
-from ..models.backbones import BACKBONES
 from ..machine import cpu_model
+from ..models.backbones import BACKBONES
 from ..models.strategies import unfreeze_order, unit_counts
 from .reference import FIDELITY_ROWS, STUDY_DATA
 
