@@ -33,21 +33,38 @@ def run_script(*configs: dict, env: dict | None = None) -> list[dict]:
     return [json.loads(line[len("RESULT "):]) for line in done.stdout.splitlines() if line.startswith("RESULT ")]
 
 
-def test_data_parallel_on_two_devices_matches_one_device(tmp_path, make_image_folder, tiny_cnn_options):
+@pytest.fixture(scope="module")
+def two_device_runs(tmp_path_factory, make_image_folder, make_tiny_cnn_options) -> dict:
+    """Every run the tests below check, trained in one fresh process that sees two CPU devices: {key: result}.
+    One process, not one per test: each start imports TensorFlow and Keras again (about 15 s on 2 cores)."""
+    root = tmp_path_factory.mktemp("two-devices")
     # 18 training images: three global batches of 6 (3 per device); 9 validation images: the last batch
     # is padded on two devices. No augmentation or dropout, whose random streams differ per device.
-    data = make_image_folder(tmp_path / "data", {"train": 9, "val": 3})
-    base = {**tiny_cnn_options, "data_dir": str(data), "augment": False, "val_fraction": 1 / 3, "epochs": 2}
+    data = make_image_folder(root / "data", {"train": 9, "val": 3})
+    tiny = make_tiny_cnn_options()
     runs = {}
+    base = {**tiny, "data_dir": str(data), "augment": False, "val_fraction": 1 / 3, "epochs": 2}
     for norm in (False, True):  # batch norm: statistics of the global batch on both devices
-        runs[norm, 1] = {**base, "batch_norm": norm, "batch_size": 6, "distribute": "none"}
-        runs[norm, 2] = {**base, "batch_norm": norm, "batch_size": 3, "distribute": "data-parallel"}
-    for key, values in runs.items():
-        values["output_dir"] = str(tmp_path / f"bn{key[0]:d}-devices{key[1]}")
-    results = dict(zip(runs, run_script(*runs.values())))
+        runs["parallel", norm, 1] = {**base, "batch_norm": norm, "batch_size": 6, "distribute": "none"}
+        runs["parallel", norm, 2] = {**base, "batch_norm": norm, "batch_size": 3, "distribute": "data-parallel"}
+    augmented = {**tiny, "data_dir": str(data), "val_fraction": 1 / 3, "epochs": 2, "rotation": 0.1, "color_jitter": 0.2,
+                 "augment_on": "device"}  # fmt: skip
+    runs["augment", 0] = {**augmented, "batch_size": 6, "distribute": "none"}
+    runs["augment", 1] = {**augmented, "batch_size": 3, "distribute": "data-parallel"}
+    runs["augment", 2] = {**augmented, "batch_size": 3, "distribute": "data-parallel", "precision": "mixed_bfloat16"}
+    small = make_image_folder(root / "small", {"train": 4, "val": 2})
+    runs["gradual"] = {"kind": "finetune", "data_dir": str(small), "image_size": 32, "backbone": "efficientnet_lite0",
+                       "weights": "none", "strategy": "gradual", "epochs": 2, "unfreeze_every": 1, "unfreeze_step": 1,
+                       "batch_size": 2, "distribute": "data-parallel", "augment": False, "wandb": "disabled"}  # fmt: skip
+    for number, values in enumerate(runs.values()):
+        values["output_dir"] = str(root / f"run{number}")
+    return dict(zip(runs, run_script(*runs.values()), strict=True))
 
+
+@pytest.mark.large
+def test_data_parallel_on_two_devices_matches_one_device(two_device_runs):
     for norm in (False, True):
-        single, parallel = results[norm, 1], results[norm, 2]
+        single, parallel = two_device_runs["parallel", norm, 1], two_device_runs["parallel", norm, 2]
         assert (single["metrics"]["devices"], parallel["metrics"]["devices"]) == (1, 2)
         assert single["metrics"]["global_batch_size"] == parallel["metrics"]["global_batch_size"] == 6
         rows = [read_history(Path(r["run_dir"]) / "history.csv") for r in (single, parallel)]
@@ -61,38 +78,29 @@ def test_data_parallel_on_two_devices_matches_one_device(tmp_path, make_image_fo
                 tolerance = (2e-2 if key == "val_loss" else 1e-3) if norm else 1e-5
                 assert float(b[key]) == pytest.approx(float(a[key]), rel=tolerance, abs=1e-6), (norm, key, a, b)
         assert parallel["metrics"]["test_accuracy"] == pytest.approx(single["metrics"]["test_accuracy"])
-    models = [keras.models.load_model(Path(results[False, n]["run_dir"]) / "model.keras") for n in (1, 2)]
+    models = [keras.models.load_model(Path(two_device_runs["parallel", False, n]["run_dir"]) / "model.keras") for n in (1, 2)]
     for w1, w2 in zip(*(m.get_weights() for m in models)):
         np.testing.assert_allclose(w2, w1, rtol=1e-4, atol=1e-6)
 
 
-def test_gradual_unfreezing_recompiles_inside_the_distribution(tmp_path, make_image_folder):
-    data = make_image_folder(tmp_path / "data", {"train": 4, "val": 2})
-    values = {"kind": "finetune", "data_dir": str(data), "output_dir": str(tmp_path / "run"), "image_size": 32,
-              "backbone": "efficientnet_lite0", "weights": "none", "strategy": "gradual", "epochs": 2,
-              "unfreeze_every": 1, "unfreeze_step": 1, "batch_size": 2, "distribute": "data-parallel", "augment": False, "wandb": "disabled"}  # fmt: skip
-    (result,) = run_script(values)
+@pytest.mark.large
+def test_gradual_unfreezing_recompiles_inside_the_distribution(two_device_runs):
+    result = two_device_runs["gradual"]
     metrics = result["metrics"]
     assert metrics["devices"] == 2 and metrics["global_batch_size"] == 4
     schedule = metrics["unfreezing_schedule"]
     assert [stage["epochs"] for stage in schedule] == [[1], [2]]
     assert schedule[0]["trainable_groups"] == ["head"] and "block7a" in schedule[1]["trainable_groups"]
-    rows = read_history(tmp_path / "run" / "history.csv")
+    rows = read_history(Path(result["run_dir"]) / "history.csv")
     assert [int(r["epoch"]) for r in rows] == [1, 2] and all(np.isfinite(float(r["loss"])) for r in rows)
     assert [int(float(r["trainable_params"])) for r in rows] == [s["trainable_params"] for s in schedule]
 
 
-def test_device_augmentation_on_two_devices_and_in_mixed_precision(tmp_path, make_image_folder, tiny_cnn_options):
+@pytest.mark.large
+def test_device_augmentation_on_two_devices_and_in_mixed_precision(two_device_runs):
     """Under JAX one compiled step augments the whole global batch: two devices draw what one does. Under
     tf.distribute each replica draws its own transforms; both must train, in float32 and bfloat16."""
-    data = make_image_folder(tmp_path / "data", {"train": 9, "val": 3})
-    base = {**tiny_cnn_options, "data_dir": str(data), "val_fraction": 1 / 3, "epochs": 2, "rotation": 0.1,
-            "color_jitter": 0.2, "augment_on": "device"}  # fmt: skip
-    runs = [{**base, "batch_size": 6, "distribute": "none"}, {**base, "batch_size": 3, "distribute": "data-parallel"},
-            {**base, "batch_size": 3, "distribute": "data-parallel", "precision": "mixed_bfloat16"}]  # fmt: skip
-    for i, values in enumerate(runs):
-        values["output_dir"] = str(tmp_path / f"run{i}")
-    results = run_script(*runs)
+    results = [two_device_runs["augment", number] for number in range(3)]
     rows = [read_history(Path(r["run_dir"]) / "history.csv") for r in results]
     assert [r["metrics"]["devices"] for r in results] == [1, 2, 2]
     assert all(np.isfinite(float(row["loss"])) for history in rows for row in history)
@@ -149,6 +157,7 @@ def test_placement_on_one_device_and_refusals(monkeypatch):
 
 
 @pytest.mark.skipif(keras.backend.backend() != "jax", reason="several processes train under JAX only (see training/distribute.py)")
+@pytest.mark.large
 def test_two_processes_train_one_model_and_only_the_first_writes(tmp_path, make_image_folder, tiny_cnn_options):
     data = make_image_folder(tmp_path / "data", {"train": 9, "val": 3})
     out = tmp_path / "run"

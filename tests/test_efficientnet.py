@@ -72,6 +72,7 @@ def backbone():
     return build_backbone(SIZE)
 
 
+@pytest.mark.large
 def test_imagenet_weights_transfer_exactly(official_file, random_model, monkeypatch):
     source, path = official_file
     asked = []
@@ -98,6 +99,7 @@ def test_imagenet_weights_transfer_exactly(official_file, random_model, monkeypa
     assert relative_error(values(features(random_model)(images, training=False))) > 0.5
 
 
+@pytest.mark.large
 def test_the_model_takes_raw_pixels_and_ends_in_float32_logits(random_model):
     scaled = values(random_model.get_layer(PREPROCESS)(np.array([[0.0, 128.0, 255.0]], dtype="float32")))
     np.testing.assert_allclose(scaled, [[-1.0, 0.0, 255 / 128 - 1]], rtol=1e-6)
@@ -114,6 +116,7 @@ def test_the_model_takes_raw_pixels_and_ends_in_float32_logits(random_model):
     assert keras.backend.standardize_dtype(mixed(pixels(1)).dtype) == "float32"
 
 
+@pytest.mark.large
 def test_a_local_keras_cv_preset_folder_brings_its_weights_and_scaling(tmp_path):
     source = keras_cv.models.EfficientNetV2Backbone(**V2S_ARGUMENTS, include_rescaling=True)
     save_to_preset(source, tmp_path / "preset")
@@ -135,6 +138,7 @@ def test_a_local_weights_file_fills_the_backbone(backbone, tmp_path):
         np.testing.assert_array_equal(loaded, saved)
 
 
+@pytest.mark.backend_independent  # which files are refused, and how: nothing computes
 def test_weights_that_cannot_be_had_stop_with_the_place_and_the_offline_alternative(backbone, monkeypatch):
     def offline(*args, **kwargs):
         raise Exception("URL fetch failure: [Errno -2] Name or service not known")
@@ -150,6 +154,7 @@ def test_weights_that_cannot_be_had_stop_with_the_place_and_the_offline_alternat
     assert KERAS_CV_HANDLE in str(err.value) and "--weights /path/to/folder" in str(err.value)
 
 
+@pytest.mark.backend_independent  # which files are refused, and how: nothing computes
 def test_the_command_stops_instead_of_training_random_weights(image_folder, tmp_path, monkeypatch, capsys):
     def offline(*args, **kwargs):
         raise Exception("URL fetch failure")
@@ -163,6 +168,7 @@ def test_the_command_stops_instead_of_training_random_weights(image_folder, tmp_
     assert not (tmp_path / "run" / "model.keras").exists() and not (tmp_path / "run" / "history.csv").exists()
 
 
+@pytest.mark.backend_independent  # which files are refused, and how: nothing computes
 def test_weights_that_do_not_fit_are_refused(backbone, tmp_path):
     tiny = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
     tiny.save(tmp_path / "tiny.h5")

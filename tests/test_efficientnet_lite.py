@@ -245,6 +245,7 @@ def digits_folder(root: Path, train: int = 30, test: int = 10) -> Path:
     return root
 
 
+@pytest.mark.large
 def test_head_only_training_on_imagenet_features_beats_random_features(tmp_path):
     """What random weights cannot show: the same head trained on ImageNet features learns the digits."""
     data = digits_folder(tmp_path / "digits", train=20)
@@ -268,6 +269,7 @@ def test_the_schedule_prints_lite0_units(capsys):
     assert "12,810  head" in out  # 1280 x 10 + 10
 
 
+@pytest.mark.large
 def test_every_part_b_option_runs_on_lite0_and_its_checkpoint_serves(tmp_path, make_image_folder):
     """Every Part B option at once on Lite0 with its ImageNet weights: gradual by stage units, the study's batch
     norm, one carried Adam, layer-wise rates, EMA and TTA; 2 epochs (2 stages) of colour images at 32 px."""
@@ -301,10 +303,10 @@ def test_every_part_b_option_runs_on_lite0_and_its_checkpoint_serves(tmp_path, m
     assert unreadable == [] and sorted(name for name, _ in ranked) == ["cat", "dog", "owl"]
     _, again = evaluate_checkpoint(EvaluateOptions(checkpoint=checkpoint, output_dir=str(tmp_path / "eval")))
     assert again["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
-    formats = ["onnx", "saved_model"] + (["litert"] if keras.backend.backend() == "tensorflow" else [])
-    for fmt in formats:  # each export is checked against Keras's logits by the exporter itself
-        folder, info = export_checkpoint(ExportOptions(checkpoint=checkpoint, format=fmt, output_dir=str(tmp_path / fmt)))
-        assert info["check"]["max_abs_logit_difference"] < 1e-2 and (folder / info["model"]).exists(), fmt
+    # ONNX, the format with a Lite0-specific path (the exporter checks it against Keras's logits itself);
+    # SavedModel and LiteRT take the same route for every model: test_export
+    folder, info = export_checkpoint(ExportOptions(checkpoint=checkpoint, format="onnx", output_dir=str(tmp_path / "onnx")))
+    assert info["check"]["max_abs_logit_difference"] < 1e-2 and (folder / info["model"]).exists()
     # one grouped convolution per depthwise layer, not the k*k slices JAX trains with on a CPU (layers.exporting)
     graph = onnx.load(str(tmp_path / "onnx" / "model.onnx")).graph
     assert sum(node.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in node.attribute) for node in graph.node) == 16

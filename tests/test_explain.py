@@ -80,6 +80,7 @@ def efficientnet():
     return build_finetune_model(FinetuneArchitecture.of(build_config(FinetuneConfig, {"image_size": SIZE, "weights": "none"})), 3)
 
 
+@pytest.mark.large
 def test_grad_cam_of_efficientnet_reads_the_backbone_and_depends_on_the_class(efficientnet):
     """One image three times, each copy explained for another class (one compiled backward pass under JAX)."""
     assert gradcam_layer(efficientnet) == "backbone"

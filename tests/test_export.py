@@ -133,16 +133,14 @@ def test_export_refuses_a_used_folder_and_leaves_nothing_when_it_fails(cnn, tmp_
 
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="cost: under JAX building and lowering EfficientNetV2-S takes minutes on "
                     "2 CPU cores; the CNN tests cover export under JAX")  # fmt: skip
+@pytest.mark.large
 def test_a_fine_tuned_efficientnet_exports_as_a_saved_model(tmp_path, make_image_folder, class_names, exported):
-    """The keras-cv backbone with the project's layers, at 32x32 with random weights."""
-    import tensorflow as tf
-
+    """The keras-cv backbone with the project's layers, at 32x32 with random weights. The exporter loads what it
+    wrote and compares logits (the tests above check that comparison independently); a second load of V2-S's
+    SavedModel here would add about 30 s."""
     data = make_image_folder(tmp_path / "data", {"train": 1, "val": 1})
     keras.utils.set_random_seed(2)
     model = KINDS["finetune"].build_model(build_config(FinetuneConfig, {"image_size": 32, "weights": "none"}), len(class_names))
-    checkpoint = saved(model, tmp_path)
-    path = exported(checkpoint, data, "saved_model", tmp_path / "sm")
-    images = colour_images(data)
-    loaded = tf.saved_model.load(str(path))
-    expected = keras.ops.convert_to_numpy(model(images, training=False))
-    np.testing.assert_allclose(loaded.serve(images).numpy(), expected, rtol=RTOL, atol=ATOL)
+    path = exported(saved(model, tmp_path), data, "saved_model", tmp_path / "sm")
+    check = json.loads((path.parent / "export.json").read_text())["check"]
+    assert check["images"] > 1 and check["max_abs_logit_difference"] < 1e-3, check

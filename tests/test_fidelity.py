@@ -20,6 +20,7 @@ from inat_keras.data.augment import STUDY, Augment, AugmentSpec, device_augment
 from inat_keras.data.pipeline import make_dataset
 from inat_keras.data.splits import Split, load_splits
 from inat_keras.models.finetune import FinetuneArchitecture, build_finetune_model
+from inat_keras.models import strategies
 from inat_keras.models.strategies import plan_stages, unit_groups
 from inat_keras.sweeps.launch import run_sweep
 from inat_keras.training import callbacks
@@ -80,7 +81,12 @@ def schedule_counts(capsys, *flags) -> list[tuple[str, int]]:
 
 
 @pytest.mark.backend_independent  # parameter counts, no arithmetic of the backend's
-def test_print_schedule_shows_the_studys_stages(capsys, independent_unit_params):
+def test_print_schedule_shows_the_studys_stages(capsys, independent_unit_params, model, monkeypatch):
+    def built_once(architecture, num_classes):  # a V2-S build takes about 10 s; the four tables need one
+        assert (architecture.backbone, architecture.weights, num_classes) == ("efficientnetv2_s", "none", 10)
+        return model
+
+    monkeypatch.setattr(strategies, "build_finetune_model", built_once)
     p = independent_unit_params
     order = ["head", "top", "stage6", "stage5", "stage4", "stage3"]
     cumulative = list(np.cumsum([p[u] for u in order]))
@@ -114,6 +120,7 @@ def block_weights(network, block: str) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.parametrize("mode", ["study", "frozen"])
+@pytest.mark.large
 def test_batch_norm_modes_in_frozen_units(mode):
     """On Lite0, whose batch norms behave as V2-S's (keras.layers.BatchNormalization) and which compiles faster."""
     settings = finetune_config(backbone="efficientnet_lite0", strategy="head", batch_norm_mode=mode,
@@ -121,10 +128,11 @@ def test_batch_norm_modes_in_frozen_units(mode):
     network = build_finetune_model(FinetuneArchitecture.of(dataclasses.replace(settings, weights="none")), 3)
     [stage] = plan_stages(network, settings)
     stage.apply(network)
-    compile_model(network, settings)
+    images = np.random.default_rng(0).uniform(0, 255, (8, SIZE, SIZE, 3)).astype("float32")
+    labels = np.arange(8) % 3
+    compile_model(network, settings, batch_spec=(images[:4], labels[:4]))  # TensorFlow traces the step once
     before = block_weights(network, "block2a")
-    rng = np.random.default_rng(0)
-    network.fit(rng.uniform(0, 255, (8, SIZE, SIZE, 3)).astype("float32"), np.arange(8) % 3, batch_size=4, verbose=0)
+    network.fit(images, labels, batch_size=4, verbose=0)
     after = block_weights(network, "block2a")
     moved = {path for path in before if not np.array_equal(before[path], after[path])}
     statistics = {p for p in before if p.endswith(("moving_mean", "moving_variance"))}
@@ -173,6 +181,7 @@ def test_carried_adam_equals_torchs_adam_across_unfreezing():
     assert [float(keras.ops.convert_to_numpy(s)) for s in optimizer.steps] == [7.0, 4.0]
 
 
+@pytest.mark.large
 def test_gradual_fine_tuning_carries_one_adam_through_fit(image_folder, tmp_path):
     # val_fraction 0: no validation step to compile at each stage; the optimizer never sees validation
     settings = finetune_config(backbone="efficientnet_lite0", strategy="gradual", unfreeze_unit="stage",

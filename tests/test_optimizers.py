@@ -190,6 +190,7 @@ class FirstStepOfStage(keras.callbacks.Callback):
 
 
 @pytest.mark.parametrize("state", ["fresh", "carry"])
+@pytest.mark.large
 def test_a_run_gives_its_rate_factors_to_each_stages_optimizer(state, image_folder, tmp_path, tiny_cnn_options, head_then_all):
     """The conv layers join in the second stage at 1/8 of the rate: their first step (step 1 of their Adam
     state, fresh or carried) moves each at most rate / 8."""

@@ -68,6 +68,7 @@ runpy.run_module("inat_keras", run_name="__main__", alter_sys=True)
 
 
 @pytest.mark.backend_independent
+@pytest.mark.large
 def test_two_processes_on_one_folder_one_trains_the_other_is_refused(image_folder, tmp_path, tiny_cnn_flags):
     out, release = tmp_path / "run", tmp_path / "release"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

@@ -93,6 +93,7 @@ SCHEDULE = {"lr_schedule": "cosine", "schedule_unit": "step", "warmup_epochs": 0
             "learning_rate": 0.01}  # fmt: skip
 
 
+@pytest.mark.large
 def test_the_schedule_runs_through_stages_and_a_resume(image_folder, tmp_path, tiny_cnn_options, head_then_all, interrupt):
     """30 images in batches of 8: 4 steps an epoch, 3 epochs in two stages (head_then_all: a recompile between,
     as gradual unfreezing makes them)."""

@@ -73,6 +73,7 @@ def study(tmp_path_factory, make_image_folder, make_tiny_cnn_options, make_sweep
     return first, paths, times, again
 
 
+@pytest.mark.large
 def test_every_step_is_a_run_folder_with_its_metrics(study):
     first, _, _, _ = study
     study_dir = first.study_dir

@@ -96,6 +96,7 @@ def test_shipped_sweep_files_are_valid_and_cover_the_study_space(caplog):
     assert {"strategy", "learning_rate", "batch_size"} <= set(finetune.sweep["parameters"])
 
 
+@pytest.mark.large
 def test_offline_sweep_of_three_trials_writes_trials_best_config_and_plots(tmp_path, monkeypatch, capsys, make_sweep_file):
     wandb.init(mode="disabled").finish()  # W&B set up before the sweep: the group must not depend on its env
     runs = capture_runs(monkeypatch)
