@@ -49,7 +49,8 @@ def two_device_runs(tmp_path_factory, make_image_folder, make_tiny_cnn_options) 
         runs["parallel", norm, 2] = {**base, "batch_norm": norm, "batch_size": 3, "distribute": "data-parallel"}
     augmented = {**tiny, "data_dir": str(data), "val_fraction": 1 / 3, "epochs": 2, "rotation": 0.1, "color_jitter": 0.2,
                  "augment_on": "device"}  # fmt: skip
-    runs["augment", 0] = {**augmented, "batch_size": 6, "distribute": "none"}
+    if keras.backend.backend() == "jax":  # the one-device run to compare with (below); tf.distribute draws per replica
+        runs["augment", 0] = {**augmented, "batch_size": 6, "distribute": "none"}
     runs["augment", 1] = {**augmented, "batch_size": 3, "distribute": "data-parallel"}
     runs["augment", 2] = {**augmented, "batch_size": 3, "distribute": "data-parallel", "precision": "mixed_bfloat16"}
     small = make_image_folder(root / "small", {"train": 4, "val": 2})
@@ -100,9 +101,9 @@ def test_gradual_unfreezing_recompiles_inside_the_distribution(two_device_runs):
 def test_device_augmentation_on_two_devices_and_in_mixed_precision(two_device_runs):
     """Under JAX one compiled step augments the whole global batch: two devices draw what one does. Under
     tf.distribute each replica draws its own transforms; both must train, in float32 and bfloat16."""
-    results = [two_device_runs["augment", number] for number in range(3)]
+    results = [two_device_runs[key] for key in (("augment", 0), ("augment", 1), ("augment", 2)) if key in two_device_runs]
     rows = [read_history(Path(r["run_dir"]) / "history.csv") for r in results]
-    assert [r["metrics"]["devices"] for r in results] == [1, 2, 2]
+    assert [r["metrics"]["devices"] for r in results] == ([1] if keras.backend.backend() == "jax" else []) + [2, 2]
     assert all(np.isfinite(float(row["loss"])) for history in rows for row in history)
     for result in results:
         saved = keras.models.load_model(Path(result["run_dir"]) / "model.keras")
