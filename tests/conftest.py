@@ -7,8 +7,9 @@ Fixtures (a `make_...` fixture returns a function, for a test or a wider-scoped 
 - class_names: the classes of every image folder written here, ("cat", "dog", "owl").
 - make_image_folder(root, per_class, size=(40, 30), seed=0) and image_folder (10 training and 4 test images
   a class, in the test's tmp_path).
-- make_tiny_cnn_options() and tiny_cnn_options: a CNN that trains in a second, a fresh dict each time;
-  tiny_cnn_flags(**changes): the same options as command-line flags (a change to None leaves a flag out).
+- make_tiny_cnn_options() and tiny_cnn_options: a CNN that trains in a second, a fresh dict each time, without
+  pictures (a test of them sets pictures=True); tiny_cnn_flags(**changes): the same options as command-line flags
+  (a change to None leaves a flag out).
 - tiny_run: the tiny CNN trained on a 10 + 4 image folder, once per session (once per xdist worker). Shared:
   read its folders, write elsewhere.
 - interrupt(at_epoch): a callback that stands in for a kill as that epoch begins.
@@ -129,6 +130,7 @@ def _tiny_cnn_options() -> dict:
         "epochs": 2,
         "learning_rate": 0.01,
         "wandb": "disabled",
+        "pictures": False,  # matplotlib takes half a tiny run's time; tests of the pictures turn them on
     }
 
 
@@ -164,8 +166,12 @@ def tiny_cnn_flags():
 
     def flags(**changes) -> list[str]:
         values = {**_tiny_cnn_options(), **changes}
-        return [f"--{k.replace('_', '-')}={','.join(map(str, v)) if isinstance(v, list) else v}"
+        return [(f"--{'' if v else 'no-'}{flag(k)}" if isinstance(v, bool) else
+                 f"--{flag(k)}={','.join(map(str, v)) if isinstance(v, list) else v}")
                 for k, v in values.items() if v is not None]  # fmt: skip
+
+    def flag(name: str) -> str:
+        return name.replace("_", "-")
 
     return flags
 
@@ -184,7 +190,8 @@ def tiny_run(tmp_path_factory) -> TinyRun:
 
     root = tmp_path_factory.mktemp("tiny-run")
     data = _write_image_folder(root / "data", {"train": 10, "val": 4})
-    config = build_config(ScratchConfig, {**_tiny_cnn_options(), "data_dir": str(data), "output_dir": str(root / "run")})
+    config = build_config(ScratchConfig, {**_tiny_cnn_options(), "pictures": True, "data_dir": str(data),
+                                          "output_dir": str(root / "run")})  # fmt: skip
     run_dir, metrics = KINDS["scratch"].train(config)  # seeded by config.seed
     return TinyRun(run_dir, data, types.MappingProxyType(metrics))
 

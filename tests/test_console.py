@@ -39,9 +39,9 @@ def test_decoding_turned_photos_leaves_onednn_silent(tmp_path):
     assert "DT_UINT8" not in done.stderr
 
 
-def test_epoch_lines_show_metrics_and_history_keeps_the_bookkeeping(image_folder, tmp_path, tiny_cnn_options, capsys):
-    flags = [f"--{k.replace('_', '-')}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in tiny_cnn_options.items()]
-    assert main(["scratch", "--data-dir", str(image_folder), "--output-dir", str(tmp_path / "run"), *flags, "--epochs", "1"]) == 0
+def test_epoch_lines_show_metrics_and_history_keeps_the_bookkeeping(image_folder, tmp_path, tiny_cnn_flags, capsys):
+    flags = tiny_cnn_flags(epochs=1)
+    assert main(["scratch", "--data-dir", str(image_folder), "--output-dir", str(tmp_path / "run"), *flags]) == 0
     out = capsys.readouterr().out
     epoch_lines = [line for line in out.splitlines() if "val_accuracy: " in line]
     assert epoch_lines and all("process_start" not in line and "epoch_seconds" in line for line in epoch_lines)

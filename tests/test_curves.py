@@ -88,7 +88,7 @@ def test_a_resumed_run_draws_its_curves_from_the_whole_history(scratch_config, i
     schedule = [{"label": "head", "epochs": [1], "trainable_groups": ["head"]},
                 {"label": "last_1", "epochs": [2], "trainable_groups": ["top", "head"]}]  # fmt: skip
     kind = dataclasses.replace(KINDS["scratch"], metrics=lambda model, stages: {"unfreezing_schedule": schedule})
-    config = scratch_config(epochs=2)
+    config = scratch_config(epochs=2, pictures=True)
     with pytest.raises(KeyboardInterrupt):
         dataclasses.replace(kind, callbacks=lambda model: [interrupt(1)]).train(config, final=False)
     run_dir = config.output_dir
@@ -135,7 +135,7 @@ def test_tensorboard_logs_are_an_option_that_needs_its_package(scratch_config, m
 def test_tensorboard_logs_every_epoch(scratch_config):
     import tensorflow as tf
 
-    run_dir, _ = KINDS["scratch"].train(scratch_config(epochs=2, tensorboard=True))
+    run_dir, _ = KINDS["scratch"].train(scratch_config(epochs=2, tensorboard=True, pictures=True))
     tags = {}
     for events in (run_dir / "tensorboard").rglob("events.out.tfevents.*"):
         for event in tf.compat.v1.train.summary_iterator(str(events)):

@@ -31,6 +31,8 @@ class RangeHandler(http.server.SimpleHTTPRequestHandler):
     """Serves files with Range support, like the real download host."""
 
     def do_GET(self):
+        # recorded before the first byte goes out: once the client has the file, the test sees its request
+        self.server.requests.append(self.headers.get("Range"))
         body = (self.directory_path / self.path.lstrip("/")).read_bytes()
         start = 0
         if "Range" in self.headers:
@@ -41,7 +43,6 @@ class RangeHandler(http.server.SimpleHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body) - start))
         self.end_headers()
         self.wfile.write(body[start:])
-        self.server.requests.append(self.headers.get("Range"))
 
     def log_message(self, *args):
         pass

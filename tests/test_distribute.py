@@ -56,7 +56,8 @@ def two_device_runs(tmp_path_factory, make_image_folder, make_tiny_cnn_options) 
     small = make_image_folder(root / "small", {"train": 4, "val": 2})
     runs["gradual"] = {"kind": "finetune", "data_dir": str(small), "image_size": 32, "backbone": "efficientnet_lite0",
                        "weights": "none", "strategy": "gradual", "epochs": 2, "unfreeze_every": 1, "unfreeze_step": 1,
-                       "batch_size": 2, "distribute": "data-parallel", "augment": False, "wandb": "disabled"}  # fmt: skip
+                       "batch_size": 2, "distribute": "data-parallel", "augment": False, "wandb": "disabled",
+                       "pictures": False}  # fmt: skip
     for number, values in enumerate(runs.values()):
         values["output_dir"] = str(root / f"run{number}")
     return dict(zip(runs, run_script(*runs.values()), strict=True))

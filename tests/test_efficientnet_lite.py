@@ -1,7 +1,9 @@
 """EfficientNet-Lite0 with real ImageNet weights: golden predictions on real photos, the conversion's
 layouts, the weights cache, the refusals, and transfer that random weights cannot show."""
 
+import dataclasses
 import json
+import math
 import os
 import pickle
 import sys
@@ -32,6 +34,7 @@ from inat_keras.models.efficientnet_lite import (
 from inat_keras.models.finetune import FinetuneArchitecture, build_finetune_model
 from inat_keras.models.torch_pickle import MAGIC, PROTOCOL, TorchFileError, read_state_dict
 from inat_keras.training.kinds import KINDS
+from inat_keras.training.optimizers import CarriedAdam
 
 SAMPLES = Path(matplotlib.get_data_path()) / "sample_data"
 SKLEARN_IMAGES = Path(sklearn.__file__).parent / "datasets" / "images"
@@ -255,6 +258,7 @@ def test_head_only_training_on_imagenet_features_beats_random_features(tmp_path)
             "backbone": "efficientnet_lite0", "weights": weights, "strategy": "head", "data_dir": str(data),
             "image_size": 48, "epochs": 2, "batch_size": 16, "learning_rate": 3e-3, "augment": False,
             "batch_norm_mode": "frozen", "val_fraction": 0.0, "wandb": "disabled", "output_dir": str(tmp_path / weights),
+            "pictures": False,
         })  # fmt: skip
         accuracy[weights] = KINDS["finetune"].train(config)[1]["test_accuracy"]
     assert accuracy["imagenet"] >= 0.6 and accuracy["imagenet"] - accuracy["none"] >= 0.4, accuracy  # measured 0.72, 0.10
@@ -269,10 +273,53 @@ def test_the_schedule_prints_lite0_units(capsys):
     assert "12,810  head" in out  # 1280 x 10 + 10
 
 
-@pytest.mark.large
-def test_every_part_b_option_runs_on_lite0_and_its_checkpoint_serves(tmp_path, make_image_folder):
+class OptimizerSpy(keras.callbacks.Callback):
+    """The optimizer each stage's fit ended with."""
+
+    def __init__(self, seen: list):
+        super().__init__()
+        self.seen = seen
+
+    def on_train_end(self, logs=None):
+        self.seen.append(self.model.optimizer)
+
+
+@pytest.fixture(scope="module")
+def every_option_run(tmp_path_factory, make_image_folder):
     """Every Part B option at once on Lite0 with its ImageNet weights: gradual by stage units, the study's batch
-    norm, one carried Adam, layer-wise rates, EMA and TTA; 2 epochs (2 stages) of colour images at 32 px."""
+    norm, one carried Adam, layer-wise rates, EMA and TTA; 2 epochs (2 stages) of colour images at 32 px.
+    Returns (data folder, run folder, metrics, the optimizer of each stage's fit)."""
+    keras.utils.set_random_seed(0)
+    root = tmp_path_factory.mktemp("every-option")
+    data = make_image_folder(root / "data", {"train": 10, "val": 4})
+    config = build_config(FinetuneConfig, {
+        "backbone": "efficientnet_lite0", "weights": "imagenet", "strategy": "gradual", "unfreeze_unit": "stage",
+        "unfreeze_every": 1, "epochs": 2, "batch_norm_mode": "study", "optimizer_state": "carry", "backbone_lr": 0.5,
+        "layer_decay": 0.8, "ema": True, "tta": True, "image_size": 32, "batch_size": 8, "learning_rate": 1e-3,
+        "data_dir": str(data), "output_dir": str(root / "run"), "wandb": "disabled", "pictures": False,
+    })  # fmt: skip
+    seen = []
+    kind = dataclasses.replace(KINDS["finetune"], callbacks=lambda model: [OptimizerSpy(seen)])
+    run_dir, metrics = kind.train(config)
+    return data, run_dir, metrics, seen
+
+
+@pytest.mark.large
+def test_gradual_fine_tuning_carries_one_adam_through_fit(every_option_run):
+    """The study's optimizer through `fit`: one Adam for every stage, each weight's step count from its unfreezing
+    on (test_fidelity checks its updates against torch.optim.Adam's)."""
+    _, run_dir, metrics, seen = every_option_run
+    assert len(seen) == 2 and seen[0] is seen[1] and isinstance(seen[0], CarriedAdam)
+    optimizer, per_epoch = seen[0], math.ceil(len(json.loads((run_dir / "split.json").read_text())["train"]) / 8)
+    steps = {v.path: float(keras.ops.convert_to_numpy(s)) for v, s in zip(optimizer.candidates, optimizer.steps)}
+    assert steps["logits/kernel"] == 2 * per_epoch  # the head: every step of both stages
+    assert steps["top_conv/kernel"] == per_epoch  # the top conv: from its unfreezing on
+    assert [s["trainable_groups"] for s in metrics["unfreezing_schedule"]] == [["head"], ["top", "head"]]
+
+
+@pytest.mark.large
+def test_every_part_b_option_runs_on_lite0_and_its_checkpoint_serves(tmp_path, every_option_run):
+    """The every-option run's figures, then its checkpoint through explain, predict, evaluate and ONNX export."""
     import onnx
 
     from inat_keras.serving.explain import explain_checkpoint
@@ -280,14 +327,7 @@ def test_every_part_b_option_runs_on_lite0_and_its_checkpoint_serves(tmp_path, m
     from inat_keras.serving.predict import predict_images
     from inat_keras.serving.evaluate import evaluate_checkpoint
 
-    data = make_image_folder(tmp_path / "data", {"train": 10, "val": 4})
-    config = build_config(FinetuneConfig, {
-        "backbone": "efficientnet_lite0", "weights": "imagenet", "strategy": "gradual", "unfreeze_unit": "stage",
-        "unfreeze_every": 1, "epochs": 2, "batch_norm_mode": "study", "optimizer_state": "carry", "backbone_lr": 0.5,
-        "layer_decay": 0.8, "ema": True, "tta": True, "image_size": 32, "batch_size": 8, "learning_rate": 1e-3,
-        "data_dir": str(data), "output_dir": str(tmp_path / "run"), "wandb": "disabled",
-    })  # fmt: skip
-    run_dir, metrics = KINDS["finetune"].train(config)
+    data, run_dir, metrics, _ = every_option_run
     schedule = metrics["unfreezing_schedule"]
     assert [s["trainable_groups"] for s in schedule] == [["head"], ["top", "head"]]
     assert [s["label"] for s in schedule] == ["head", "last_1"]

@@ -189,7 +189,7 @@ def read_csv(path):
 
 def test_a_final_run_and_evaluate_write_the_error_analysis(image_folder, tmp_path, tiny_cnn_options, class_names):
     config = build_config(ScratchConfig, {**tiny_cnn_options, "data_dir": str(image_folder),
-                                          "output_dir": str(tmp_path / "run"), "tta": True})  # fmt: skip
+                                          "output_dir": str(tmp_path / "run"), "tta": True, "pictures": True})  # fmt: skip
     run_dir, metrics = KINDS["scratch"].train(config)
     for name in ("predictions.csv", *(f"{picture}.png" for picture in evaluation.PICTURES)):
         assert (run_dir / name).is_file(), name

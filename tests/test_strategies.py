@@ -39,7 +39,8 @@ PRETRAINED = "imagenet"
 
 
 def config(**values) -> FinetuneConfig:
-    return build_config(FinetuneConfig, {"image_size": SIZE, "weights": "none", "wandb": "disabled", **values})
+    return build_config(FinetuneConfig, {"image_size": SIZE, "weights": "none", "wandb": "disabled", "pictures": False,
+                                         **values})  # fmt: skip
 
 
 LITE_BLOCKS = ["block1a", "block2a", "block2b", "block3a", "block3b", "block4a", "block4b", "block4c", "block5a",

@@ -57,7 +57,7 @@ def study(tmp_path_factory, make_image_folder, make_tiny_cnn_options, make_sweep
     root = tmp_path_factory.mktemp("study")
     data = make_image_folder(root / "data", {"train": 10, "val": 4})
     # two trials' worth of the study's sweep format, with the tiny CNN that trains in a second
-    constants = {k: v for k, v in make_tiny_cnn_options().items() if k not in ("wandb", "learning_rate", "epochs")}
+    constants = {k: v for k, v in make_tiny_cnn_options().items() if k not in ("wandb", "learning_rate", "epochs", "pictures")}
     sweep = make_sweep_file(root, {"learning_rate": {"values": [0.01, 0.003]}}, constants)
     settings = StudyConfig(data_dir=str(data), output_dir=str(root / "study"), trials=2, sweep=str(sweep),
                            trial_epochs=1, scratch_epochs=1, finetune_epochs=1, finetune_image_size=32, weights="none",

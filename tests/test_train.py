@@ -10,6 +10,7 @@ from inat_keras.cli import main
 from inat_keras.config import ConfigError, ScratchConfig, build_config
 from inat_keras.serving.predict import predict_images
 from inat_keras.config import EvaluateOptions
+from inat_keras.inference.evaluation import PICTURES
 from inat_keras.serving.evaluate import evaluate_checkpoint
 from inat_keras.training.kinds import KINDS
 
@@ -32,9 +33,9 @@ def train(config, extra_callbacks=None):
 
 
 def test_a_run_writes_every_output(image_folder, tmp_path, config_for):
-    run_dir, metrics = train(config_for(image_folder, tmp_path / "run"))
-    for name in ("config.yaml", "split.json", "model.keras", "history.csv", "metrics.json",
-                 "confusion_matrix.png", "predictions_grid.png"):
+    run_dir, metrics = train(config_for(image_folder, tmp_path / "run", pictures=True))
+    for name in ("config.yaml", "split.json", "model.keras", "history.csv", "metrics.json", "predictions.csv",
+                 "curves.png", *(f"{picture}.png" for picture in PICTURES)):  # fmt: skip
         assert (run_dir / name).is_file(), name
     saved = json.loads((run_dir / "metrics.json").read_text())
     assert saved == json.loads(json.dumps(metrics))
@@ -50,6 +51,15 @@ def test_a_run_writes_every_output(image_folder, tmp_path, config_for):
     split = json.loads((run_dir / "split.json").read_text())
     assert len(split["train"]) + len(split["val"]) == 30 and len(split["test"]) == 12
     assert not (run_dir / "backup").exists()
+
+
+def test_a_run_without_pictures_draws_none_and_reports_the_same(tiny_run, tmp_path, config_for):
+    """tiny_run: the same options, data and seed with pictures."""
+    run_dir, metrics = train(config_for(tiny_run.data, tmp_path / "run"))
+    assert not list(run_dir.glob("*.png")) and list(tiny_run.run_dir.glob("*.png"))
+    for key in ("test_accuracy", "test_loss", "best_val_accuracy", "per_class_test_accuracy", "expected_calibration_error"):
+        assert metrics[key] == tiny_run.metrics[key], key
+    assert (run_dir / "predictions.csv").read_text() == (tiny_run.run_dir / "predictions.csv").read_text()
 
 
 def test_a_finished_run_is_never_overwritten(image_folder, tmp_path, config_for):

@@ -69,9 +69,8 @@ def test_auto_falls_back_to_offline_with_a_warning(fake_server, caplog):
     assert "logging OFFLINE instead" in caplog.text
 
 
-def test_online_stops_in_one_line(fake_server, image_folder, tmp_path, tiny_cnn_options, capsys):
-    flags = [f"--{k.replace('_', '-')}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in tiny_cnn_options.items()
-             if k != "wandb"]  # fmt: skip
+def test_online_stops_in_one_line(fake_server, image_folder, tmp_path, tiny_cnn_flags, capsys):
+    flags = tiny_cnn_flags(wandb=None)
     start = time.perf_counter()
     code = main(["scratch", "--data-dir", str(image_folder), "--output-dir", str(tmp_path / "run"), *flags, "--wandb", "online"])
     assert code == 2 and time.perf_counter() - start < 30  # the stall this replaces sat about 100 s

@@ -169,6 +169,10 @@ class TrainConfig:
     output_dir: str | None = option("the run's folder (new, or an interrupted run to resume)", section="run")
     tta: bool = option("final test: also with test-time augmentation (the mean softmax of each image and its horizontal "
                        "mirror), reported beside the plain figures as tta_test_accuracy and tta_test_loss", False, section="run")
+    pictures: bool = option("draw the run's pictures: curves.png and the final test's five (confusion matrix, per-class "
+                            "accuracy, predictions grid, top losses, reliability diagram); --no-pictures keeps the numbers, "
+                            "history.csv and predictions.csv and saves a few seconds a run (sweeps, scripted runs)", True,
+                            section="run")
     # tracking
     wandb: str = option("W&B mode: auto (online if logged in, else offline), online, offline, disabled", "auto",
                         section="tracking", choices=WANDB_MODES)

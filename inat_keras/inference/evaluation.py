@@ -72,10 +72,10 @@ def test_metrics(logits: np.ndarray, labels: np.ndarray, class_names: list[str],
 
 
 def evaluate_model(model: keras.Model, test: Split, test_ds, class_names: list[str], out_dir: Path, seed: int = 0,
-                   tta: bool = False, wandb_run=None, caption: str = ""):  # fmt: skip
-    """Metrics, predictions.csv and the pictures for a model on the test split; returns (metrics, picture
-    paths). With `tta`, also the test-time-augmented figures; with a W&B run that logs, the predictions table.
-    `caption` (analysis.figures.caption: the run and the data) goes under every picture's title."""
+                   tta: bool = False, wandb_run=None, caption: str = "", pictures: bool = True):  # fmt: skip
+    """Metrics, predictions.csv and (unless `pictures` is off) the pictures for a model on the test split; returns
+    (metrics, picture paths). With `tta`, also the test-time-augmented figures; with a W&B run that logs, the
+    predictions table. `caption` (analysis.figures.caption: the run and the data) goes under every picture's title."""
     eager = runs_eagerly(len(test))
     logits, labels = predict_logits(model, test_ds, eager=eager)
     if len(labels) != len(test):
@@ -86,6 +86,10 @@ def evaluate_model(model: keras.Model, test: Split, test_ds, class_names: list[s
     probabilities, image_losses, predicted = np.exp(log_probs), errors.losses(log_probs, labels), logits.argmax(axis=1)
     rows = prediction_rows(test.paths, labels, probabilities, image_losses, class_names)
     write_predictions(out_dir / PREDICTIONS, rows)
+    if tracking.logs_to_wandb(wandb_run):
+        wandb_run.log({"test_predictions": tracking.predictions_table(thumbnails(test_ds), rows)})
+    if not pictures:
+        return metrics, {}
 
     pictures = {name: out_dir / f"{name}.png" for name in PICTURES}
     plot_confusion(labels, predicted, class_names, pictures["confusion_matrix"], caption)
@@ -100,8 +104,6 @@ def evaluate_model(model: keras.Model, test: Split, test_ds, class_names: list[s
                     class_names, pictures["top_losses"], [test.paths[i] for i in worst], caption)  # fmt: skip
     plot_reliability(errors.reliability_bins(probabilities, labels), metrics["expected_calibration_error"],
                      pictures["reliability_diagram"], caption)  # fmt: skip
-    if tracking.logs_to_wandb(wandb_run):
-        wandb_run.log({"test_predictions": tracking.predictions_table(thumbnails(test_ds), rows)})
     return metrics, pictures
 
 

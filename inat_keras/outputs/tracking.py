@@ -160,4 +160,5 @@ def log_results(run, metrics: dict, pictures: dict) -> None:
     flat = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
     flat.update({f"test_accuracy/{k}": v for k, v in metrics.get("per_class_test_accuracy", {}).items() if v is not None})
     run.summary.update(flat)
-    run.log({name: wandb.Image(str(path)) for name, path in pictures.items()})
+    if pictures:
+        run.log({name: wandb.Image(str(path)) for name, path in pictures.items()})

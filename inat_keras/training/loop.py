@@ -228,7 +228,7 @@ def finish_run(config: TrainConfig, kind: Kind, run_dir: Path, resuming: bool, p
         test_ds = make_dataset(splits.test, config, training=False)
         seen = caption(f"run {run_dir.name}", f"{splits.root.name} test ({len(splits.test)} images)")
         metrics, pictures = evaluate_model(best, splits.test, test_ds, splits.class_names, run_dir, config.seed,
-                                          config.tta, fitted.wandb_run, seen)  # fmt: skip
+                                          config.tta, fitted.wandb_run, seen, config.pictures)  # fmt: skip
     metrics.update(
         {
             "best_val_accuracy": best_in_history(run_dir),
@@ -247,8 +247,10 @@ def finish_run(config: TrainConfig, kind: Kind, run_dir: Path, resuming: bool, p
             **kind.metrics(fitted.model, fitted.stages),
         }
     )
-    curves_data = f"{splits.root.name}: {len(splits.train):,} train, {len(splits.val):,} validation images"
-    plot_curves(history, metrics.get("unfreezing_schedule"), run_dir / CURVES, caption(f"run {run_dir.name}", curves_data))
+    if config.pictures:
+        curves_data = f"{splits.root.name}: {len(splits.train):,} train, {len(splits.val):,} validation images"
+        plot_curves(history, metrics.get("unfreezing_schedule"), run_dir / CURVES,
+                    caption(f"run {run_dir.name}", curves_data))  # fmt: skip
     write_json(run_dir / METRICS, metrics)
     tracking.log_results(fitted.wandb_run, metrics, pictures)
     fitted.wandb_run.finish()
