@@ -249,9 +249,10 @@ def test_a_folder_saved_before_an_option_existed_resumes_when_the_option_is_at_i
     config = build_config(ScratchConfig, {"demo": True, "output_dir": str(tmp_path)})
     save_config(config, tmp_path / CONFIG)
     older = yaml.safe_load((tmp_path / CONFIG).read_text())
-    del older["tensorboard"], older["clip_norm"]  # options added after this folder was written
+    del older["tensorboard"], older["clip_norm"], older["pictures"]  # options added after this folder was written
     (tmp_path / CONFIG).write_text(yaml.safe_dump(older))
     assert changed_options(tmp_path, config) == []
+    assert changed_options(tmp_path, dataclasses.replace(config, pictures=False)) == []  # what it draws, not computes
     assert changed_options(tmp_path, dataclasses.replace(config, clip_norm=1.0)) == ["clip_norm"]
     assert changed_options(tmp_path, dataclasses.replace(config, learning_rate=0.5)) == ["learning_rate"]
     assert changed_fields(ScratchConfig, {"unknown": 1}, {}) == ["unknown"]  # a key no option knows still differs

@@ -50,7 +50,7 @@ JIT_MODES = ("auto", "on", "off")
 PLACE_OPTIONS = ("data_dir", "demo", "tfds_dir", "output_dir", "wandb", "wandb_project")
 # Options that change how a run is carried out, not what it computes: an interrupted run resumes under other values.
 RESUME_NEUTRAL_OPTIONS = ("output_dir", "wandb", "epochs", "early_stopping", "steps_per_execution", "jit_compile", "cache", "tta",
-                          "tensorboard")  # fmt: skip
+                          "tensorboard", "pictures")  # fmt: skip
 
 AT_LEAST_1 = Range(1)
 FRACTION = Range(0.0, 1.0, high_open=True)  # [0, 1)
