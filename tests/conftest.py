@@ -165,13 +165,14 @@ def tiny_cnn_flags():
     """tiny_cnn_flags(epochs=3, learning_rate=None) -> ["--image-size=32", "--filters=4,4,4,4,4", ...]."""
 
     def flags(**changes) -> list[str]:
-        values = {**_tiny_cnn_options(), **changes}
-        return [(f"--{'' if v else 'no-'}{flag(k)}" if isinstance(v, bool) else
-                 f"--{flag(k)}={','.join(map(str, v)) if isinstance(v, list) else v}")
-                for k, v in values.items() if v is not None]  # fmt: skip
-
-    def flag(name: str) -> str:
-        return name.replace("_", "-")
+        typed = []
+        for key, value in {**_tiny_cnn_options(), **changes}.items():
+            name = key.replace("_", "-")
+            if isinstance(value, bool):
+                typed.append(f"--{name}" if value else f"--no-{name}")
+            elif value is not None:
+                typed.append(f"--{name}={','.join(map(str, value)) if isinstance(value, list) else value}")
+        return typed
 
     return flags
 

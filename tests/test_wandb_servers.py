@@ -70,9 +70,9 @@ def test_auto_falls_back_to_offline_with_a_warning(fake_server, caplog):
 
 
 def test_online_stops_in_one_line(fake_server, image_folder, tmp_path, tiny_cnn_flags, capsys):
-    flags = tiny_cnn_flags(wandb=None)
+    flags = tiny_cnn_flags(wandb="online")
     start = time.perf_counter()
-    code = main(["scratch", "--data-dir", str(image_folder), "--output-dir", str(tmp_path / "run"), *flags, "--wandb", "online"])
+    code = main(["scratch", "--data-dir", str(image_folder), "--output-dir", str(tmp_path / "run"), *flags])
     assert code == 2 and time.perf_counter() - start < 30  # the stall this replaces sat about 100 s
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: --wandb online: W&B http://127.0.0.1:") and "--wandb offline" in err[0]

@@ -91,20 +91,20 @@ def evaluate_model(model: keras.Model, test: Split, test_ds, class_names: list[s
     if not pictures:
         return metrics, {}
 
-    pictures = {name: out_dir / f"{name}.png" for name in PICTURES}
-    plot_confusion(labels, predicted, class_names, pictures["confusion_matrix"], caption)
-    plot_class_accuracy(labels, predicted, class_names, pictures["class_accuracy"], caption)
+    paths = {name: out_dir / f"{name}.png" for name in PICTURES}
+    plot_confusion(labels, predicted, class_names, paths["confusion_matrix"], caption)
+    plot_class_accuracy(labels, predicted, class_names, paths["class_accuracy"], caption)
     chosen = np.array(grid_indices(labels, seed), int)
     worst = errors.top_loss_indices(image_losses, labels, predicted, TOP_LOSSES)
     images = gather_images(test_ds, np.concatenate([chosen, worst]))
     plot_predictions(images[: len(chosen)], labels[chosen], predicted[chosen], probabilities[chosen, predicted[chosen]],
-                     class_names, pictures["predictions_grid"], [test.paths[i] for i in chosen], caption)  # fmt: skip
+                     class_names, paths["predictions_grid"], [test.paths[i] for i in chosen], caption)  # fmt: skip
     plot_top_losses(images[len(chosen) :], labels[worst], predicted[worst],
                     probabilities[worst, predicted[worst]], probabilities[worst, labels[worst]], image_losses[worst],
-                    class_names, pictures["top_losses"], [test.paths[i] for i in worst], caption)  # fmt: skip
+                    class_names, paths["top_losses"], [test.paths[i] for i in worst], caption)  # fmt: skip
     plot_reliability(errors.reliability_bins(probabilities, labels), metrics["expected_calibration_error"],
-                     pictures["reliability_diagram"], caption)  # fmt: skip
-    return metrics, pictures
+                     paths["reliability_diagram"], caption)  # fmt: skip
+    return metrics, paths
 
 
 def prediction_rows(paths: list[str], labels: np.ndarray, probabilities: np.ndarray, image_losses: np.ndarray,
