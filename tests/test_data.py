@@ -12,7 +12,11 @@ from inat_keras.data.pipeline import make_dataset
 from inat_keras.data.splits import dataset_root, load_splits
 from inat_keras.errors import DataError
 
+# backend_independent: finding, splitting, decoding and caching images is tf.data and Python under either backend;
+# what Keras layers do in the pipeline (augmentation, seeded shuffles) runs under both.
 
+
+@pytest.mark.backend_independent
 def test_split_is_stratified_disjoint_and_reproducible(tmp_path, make_image_folder, class_names):
     root = make_image_folder(tmp_path, {"train": 20, "val": 3})
     a = load_splits(root, 0.25, seed=1)
@@ -27,11 +31,13 @@ def test_split_is_stratified_disjoint_and_reproducible(tmp_path, make_image_fold
     assert not any("/val/" in p for p in a.train.paths + a.val.paths)
 
 
+@pytest.mark.backend_independent
 def test_parent_folder_with_inaturalist_12k_is_found(tmp_path, make_image_folder):
     make_image_folder(tmp_path / "inaturalist_12K", {"train": 2, "val": 1})
     assert dataset_root(tmp_path) == tmp_path / "inaturalist_12K"
 
 
+@pytest.mark.backend_independent
 def test_missing_and_malformed_folders_are_refused(tmp_path, make_image_folder):
     with pytest.raises(DataError, match="not found"):
         dataset_root(tmp_path / "nowhere")
@@ -47,6 +53,7 @@ def test_missing_and_malformed_folders_are_refused(tmp_path, make_image_folder):
         load_splits(root, 0.5, 0)
 
 
+@pytest.mark.backend_independent
 def test_corrupt_files_are_skipped_and_named(tmp_path, caplog, make_image_folder):
     root = make_image_folder(tmp_path, {"train": 6, "val": 2})
     good = (root / "train" / "cat" / "cat_000.jpg").read_bytes()
@@ -62,6 +69,7 @@ def test_corrupt_files_are_skipped_and_named(tmp_path, caplog, make_image_folder
     assert len(every) == 6 * 3 + 2 * 3
 
 
+@pytest.mark.backend_independent
 @pytest.mark.parametrize("mode, ext", [("L", "jpg"), ("CMYK", "jpg"), ("RGBA", "png"), ("P", "png")])
 def test_any_colour_mode_becomes_rgb(tmp_path, mode, ext):
     path = tmp_path / f"x.{ext}"
@@ -120,6 +128,7 @@ def _full_decode(path, size):
     return tf.cast(tf.clip_by_value(tf.round(tf.image.resize(image, (size, size), antialias=True)), 0, 255), tf.uint8)
 
 
+@pytest.mark.backend_independent
 def test_big_jpegs_decode_at_reduced_ratio_to_almost_the_same_image(tmp_path):
     import tensorflow as tf
 
@@ -135,6 +144,7 @@ def test_big_jpegs_decode_at_reduced_ratio_to_almost_the_same_image(tmp_path):
         assert 0 < np.abs(fast - full).mean() < 1.5 and np.abs(fast - full).max() <= 8
 
 
+@pytest.mark.backend_independent
 def test_pngs_decode_in_full(tmp_path):
     path = str(tmp_path / "photo.png")
     Image.open(_photo_file(tmp_path / "photo.jpg")).save(path)
@@ -145,6 +155,7 @@ def _move_away(folder):
     folder.rename(folder.with_name(folder.name + "-gone"))
 
 
+@pytest.mark.backend_independent
 @pytest.mark.parametrize("cache", ["memory", "disk"])
 def test_cached_epochs_read_no_files(tmp_path, cache, make_image_folder):
     root = make_image_folder(tmp_path / "data", {"train": 6, "val": 1})
@@ -162,6 +173,7 @@ def test_cached_epochs_read_no_files(tmp_path, cache, make_image_folder):
     assert labels.tolist() == splits.val.labels
 
 
+@pytest.mark.backend_independent
 def test_disk_cache_is_named_by_size_channels_and_file_content(tmp_path, make_image_folder):
     from inat_keras.data.cache import CACHE_HOME, cache_key
 
@@ -181,6 +193,7 @@ def test_disk_cache_is_named_by_size_channels_and_file_content(tmp_path, make_im
     assert np.array_equal(images[0], decode_resize(changed, 24, 3).numpy().astype(np.float32))
 
 
+@pytest.mark.backend_independent
 def test_an_interrupted_disk_cache_is_never_read_and_a_file_that_broke_is_named(tmp_path, make_image_folder):
     from inat_keras.data.cache import CACHE_HOME, cache_key
     from inat_keras.data.splits import Split
@@ -205,6 +218,7 @@ def test_an_interrupted_disk_cache_is_never_read_and_a_file_that_broke_is_named(
     assert np.array_equal(images, np.stack([decode_resize(p, 24, 3).numpy() for p in paths]).astype(np.float32))
 
 
+@pytest.mark.backend_independent
 def test_auto_cache_uses_the_disk_when_memory_is_short(tmp_path, monkeypatch, make_image_folder):
     import inat_keras.data.cache as data
 

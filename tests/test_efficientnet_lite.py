@@ -251,7 +251,7 @@ def digits_folder(root: Path, train: int = 30, test: int = 10) -> Path:
 @pytest.mark.large
 def test_head_only_training_on_imagenet_features_beats_random_features(tmp_path):
     """What random weights cannot show: the same head trained on ImageNet features learns the digits."""
-    data = digits_folder(tmp_path / "digits", train=20)
+    data = digits_folder(tmp_path / "digits", train=24)  # 240 images: 15 whole batches, one program to compile
     accuracy = {}
     for weights in ("imagenet", "none"):
         config = build_config(FinetuneConfig, {
@@ -261,7 +261,7 @@ def test_head_only_training_on_imagenet_features_beats_random_features(tmp_path)
             "pictures": False,
         })  # fmt: skip
         accuracy[weights] = KINDS["finetune"].train(config)[1]["test_accuracy"]
-    assert accuracy["imagenet"] >= 0.6 and accuracy["imagenet"] - accuracy["none"] >= 0.4, accuracy  # measured 0.72, 0.10
+    assert accuracy["imagenet"] >= 0.6 and accuracy["imagenet"] - accuracy["none"] >= 0.4, accuracy  # measured 0.77 (JAX), 0.70 (TF); 0.10
 
 
 def test_the_schedule_prints_lite0_units(capsys):

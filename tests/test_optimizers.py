@@ -199,8 +199,8 @@ def test_a_run_gives_its_rate_factors_to_each_stages_optimizer(state, image_fold
 
     kind = dataclasses.replace(KINDS["scratch"], plan_stages=head_then_all, rate_factors=factors)
     probe = FirstStepOfStage(2)
-    config = build_config(ScratchConfig, {**tiny_cnn_options, "epochs": 3, "val_fraction": 0, "optimizer_state": state,
-                                          "data_dir": str(image_folder), "output_dir": str(tmp_path / "run")})  # fmt: skip
+    config = build_config(ScratchConfig, {**tiny_cnn_options, "epochs": 3, "val_fraction": 0, "batch_size": 10,
+                                          "optimizer_state": state, "data_dir": str(image_folder), "output_dir": str(tmp_path / "run")})  # fmt: skip
     dataclasses.replace(kind, callbacks=lambda model: [probe]).train(config)
     conv = {p: m for p, m in probe.moved.items() if "_conv/" in p}
     assert len(conv) == 10
@@ -209,17 +209,18 @@ def test_a_run_gives_its_rate_factors_to_each_stages_optimizer(state, image_fold
 
 
 def test_layer_rates_decay_from_the_top_unit_down():
-    config = build_config(FinetuneConfig, {"image_size": 32, "weights": "none", "wandb": "disabled",
-                                           "unfreeze_unit": "stage", "backbone_lr": 0.5, "layer_decay": 0.8})  # fmt: skip
+    config = build_config(FinetuneConfig, {"image_size": 32, "weights": "none", "wandb": "disabled", "unfreeze_unit": "stage",
+                                           "backbone": "efficientnet_lite0", "backbone_lr": 0.5, "layer_decay": 0.8})  # fmt: skip
     model = build_finetune_model(FinetuneArchitecture.of(config), 3)
     factors = layer_rate_factors(model, config)
-    # depth from the top, read from the weight's own path: top conv 0, stage 6 1, ..., stage 1 6, stem 7
+    # depth from the top, read from the weight's own path: top conv 0, stage 7 1, ..., stage 1 7, stem 8 (Lite0's
+    # 7 stages; the rule reads the backbone's layout, the same data for V2-S's 6)
     for variable in model.weights:
         first = variable.path.split("/")[0]
         if first == "logits":
             assert variable.path not in factors
             continue
-        depth = 0 if first.startswith("top_") else 7 if first.startswith("stem_") else 7 - int(first[5])
+        depth = 0 if first.startswith("top_") else 8 if first.startswith("stem_") else 8 - int(first[5])
         assert factors[variable.path] == pytest.approx(0.5 * 0.8**depth), variable.path
     assert len(factors) == len(model.weights) - 2  # every backbone weight once; the head's kernel and bias not
     off = build_config(FinetuneConfig, {"image_size": 32, "weights": "none", "wandb": "disabled"})

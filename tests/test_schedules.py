@@ -95,9 +95,9 @@ SCHEDULE = {"lr_schedule": "cosine", "schedule_unit": "step", "warmup_epochs": 0
 
 @pytest.mark.large
 def test_the_schedule_runs_through_stages_and_a_resume(image_folder, tmp_path, tiny_cnn_options, head_then_all, interrupt):
-    """30 images in batches of 8: 4 steps an epoch, 3 epochs in two stages (head_then_all: a recompile between,
+    """30 images in batches of 10: 3 steps an epoch, 3 epochs in two stages (head_then_all: a recompile between,
     as gradual unfreezing makes them)."""
-    per_epoch, epochs = 4, 3
+    per_epoch, epochs = 3, 3
     schedule = RunSchedule(0.01, "cosine", epochs, per_epoch, 0.5, 0.1, "step")  # SCHEDULE
     total, warmup = schedule.positions()
     expected = [reference("cosine", p, total, warmup, 0.01, 0.1) for p in range(total)]
@@ -108,7 +108,7 @@ def test_the_schedule_runs_through_stages_and_a_resume(image_folder, tmp_path, t
 
     def settings(out, state):
         return build_config(ScratchConfig, {**tiny_cnn_options, **SCHEDULE, "epochs": epochs, "val_fraction": 0,
-                                            "optimizer_state": state, "data_dir": str(image_folder), "output_dir": str(out)})  # fmt: skip
+                                            "batch_size": 10, "optimizer_state": state, "data_dir": str(image_folder), "output_dir": str(out)})  # fmt: skip
 
     carried = StepRates()  # one CarriedAdam for the whole run: its iterations count every step
     run_dir, _ = train(settings(tmp_path / "a", "carry"), carried)

@@ -140,7 +140,7 @@ def test_the_model_learns_the_tiny_dataset(image_folder, tmp_path, config_for):
 
 
 def test_val_fraction_zero_trains_on_all_of_train_and_keeps_the_last_epoch(image_folder, tmp_path, config_for):
-    run_dir, metrics = train(config_for(image_folder, tmp_path / "run", val_fraction=0.0))
+    run_dir, metrics = train(config_for(image_folder, tmp_path / "run", val_fraction=0.0, batch_size=10))
     split = json.loads((run_dir / "split.json").read_text())
     assert len(split["train"]) == 30 and split["val"] == []
     assert metrics["best_val_accuracy"] is None and metrics["train_images"] == 30

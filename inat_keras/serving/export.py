@@ -20,7 +20,7 @@ from ..data.decode import BACKGROUND
 from ..errors import ConfigError, DataError
 from ..files import remove_abandoned, staging_dir, write_json, write_text
 from ..config import ExportOptions
-from ..inference.checkpoint import class_names_for, image_shape, load_checkpoint
+from ..inference.checkpoint import class_names_for, forward, image_shape, load_checkpoint, runs_eagerly
 from ..models.layers import exporting
 
 log = logging.getLogger(__name__)
@@ -111,6 +111,13 @@ def metadata(fmt: str, model: keras.Model, class_names: list[str], checkpoint: P
     }
 
 
+def input_signature(model: keras.Model) -> list:
+    """The checkpoint's one input, given to the exporters: Keras's ONNX export infers it only from a model that was
+    called eagerly, and under JAX an eager call compiles every operation on its own (Lite0: ~360 programs)."""
+    [x] = model.inputs
+    return [keras.layers.InputSpec(shape=(None, *x.shape[1:]), dtype=x.dtype, name=x.name)]
+
+
 def export_checkpoint(options: ExportOptions) -> tuple[Path, dict]:
     """The export folder (default RUN/export-FORMAT, new or empty) and its metadata."""
     backend, fmt = keras.backend.backend(), options.format
@@ -127,11 +134,12 @@ def export_checkpoint(options: ExportOptions) -> tuple[Path, dict]:
     try:
         keras_format, name, _ = FORMATS[fmt]
         images = check_images(*image_shape(model))
-        expected = keras.ops.convert_to_numpy(model(images, training=False)).astype("float32")  # ONNX needs a called model
+        expected = forward(model, images, eager=runs_eagerly(len(images))).astype("float32")
         logging.getLogger("tf2onnx").setLevel(logging.WARNING)  # its INFO lines narrate every graph rewrite
         try:
             with exporting():
-                model.export(str(partial / name), format=keras_format, verbose=False, **EXPORT_OPTIONS.get((fmt, backend), {}))
+                model.export(str(partial / name), format=keras_format, verbose=False, input_signature=input_signature(model),
+                             **EXPORT_OPTIONS.get((fmt, backend), {}))  # fmt: skip
         except Exception as err:  # a converter's failure, whatever its type: one line, nothing published
             raise DataError(f"{fmt} export of {checkpoint} failed under {backend}: {type(err).__name__}: "
                             f"{' '.join(str(err).split())[:300]}") from err  # fmt: skip
