@@ -8,7 +8,7 @@ from PIL import Image
 
 from inat_keras.config import ScratchConfig, build_config
 from inat_keras.data.decode import decode_resize
-from inat_keras.data.pipeline import make_dataset
+from inat_keras.data.pipeline import make_dataset, steps_per_epoch
 from inat_keras.data.splits import dataset_root, load_splits
 from inat_keras.errors import DataError
 
@@ -258,3 +258,21 @@ def test_a_run_seeded_zero_shuffles_its_epochs(image_folder):
     n = len(splits.train)
     assert sorted(labels[:n].tolist()) == sorted(labels[n:].tolist()) == sorted(splits.train.labels)
     assert labels[:n].tolist() != labels[n:].tolist() or not np.array_equal(both[:n], both[n:])
+
+
+@pytest.mark.backend_independent
+def test_a_short_last_batch_is_trained_counted_and_resumed(image_folder):
+    """30 images in batches of 8: four steps an epoch, the last of 6 (not dropped), as fit counts them; a stream
+    that resumes at epoch 2 is the second epoch of the whole one. (The training tests use whole batches: under JAX
+    a short batch is a second program to compile.)"""
+    config = build_config(ScratchConfig, {"image_size": 16, "batch_size": 8, "augment": False})
+    train = load_splits(image_folder, 0.0, 0).train
+    whole = [(x.numpy(), y.numpy()) for x, y in make_dataset(train, config, training=True, epochs=(0, 2))]
+    assert len(train) == 30 and steps_per_epoch(30, 8) == 4
+    assert [len(y) for _, y in whole] == [8, 8, 8, 6] * 2
+    assert sorted(np.concatenate([y for _, y in whole[:4]]).tolist()) == sorted(train.labels)
+    resumed = [(x.numpy(), y.numpy()) for x, y in make_dataset(train, config, training=True, epochs=(1, 2))]
+    assert len(resumed) == 4
+    for (x, y), (x0, y0) in zip(resumed, whole[4:]):
+        assert np.array_equal(x, x0) and np.array_equal(y, y0)
+

@@ -1,6 +1,6 @@
 """The recipe's optimizer options, fresh (RecipeAdam) and carried (CarriedAdam): AdamW's decay where it
 belongs, clipping by global norm, layer-wise rates (also inside a LossScaleOptimizer and a compiled,
-distributed or stateless step) and their EfficientNetV2-S units."""
+distributed or stateless step) and the backbones' units they follow."""
 
 import contextlib
 import dataclasses
@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 from inat_keras.config import ConfigError, FinetuneConfig, ScratchConfig, build_config
+from inat_keras.models.backbones import BACKBONES
 from inat_keras.models.finetune import FinetuneArchitecture, build_finetune_model
 from inat_keras.training.kinds import KINDS
-from inat_keras.training.layer_rates import layer_rate_factors
+from inat_keras.training.layer_rates import layer_rate_factors, unit_depths
 from inat_keras.training.optimizers import CarriedAdam, make_optimizer
 
 LR = 0.01
@@ -223,7 +224,11 @@ def test_layer_rates_decay_from_the_top_unit_down():
         depth = 0 if first.startswith("top_") else 8 if first.startswith("stem_") else 8 - int(first[5])
         assert factors[variable.path] == pytest.approx(0.5 * 0.8**depth), variable.path
     assert len(factors) == len(model.weights) - 2  # every backbone weight once; the head's kernel and bias not
-    off = build_config(FinetuneConfig, {"image_size": 32, "weights": "none", "wandb": "disabled"})
+    # V2-S's 6 stages by the same rule, from its layout alone (no model): top conv 0, stage 6 1, ..., stem 7
+    v2s = {"top": 0, **{f"stage{stage}": 7 - stage for stage in range(1, 7)}, "stem": 7}
+    assert unit_depths(BACKBONES["efficientnetv2_s"], "stage") == v2s
+    off = build_config(FinetuneConfig, {"image_size": 32, "weights": "none", "wandb": "disabled",
+                                        "backbone": "efficientnet_lite0"})  # fmt: skip
     assert layer_rate_factors(model, off) == {}
 
 

@@ -113,7 +113,8 @@ def metadata(fmt: str, model: keras.Model, class_names: list[str], checkpoint: P
 
 def input_signature(model: keras.Model) -> list:
     """The checkpoint's one input, given to the exporters: Keras's ONNX export infers it only from a model that was
-    called eagerly, and under JAX an eager call compiles every operation on its own (Lite0: ~360 programs)."""
+    called (`__call__`), and the check's logits come from the compiled predict step, which does not call it that
+    way; under JAX an eager call would compile every operation on its own (Lite0: ~360 programs)."""
     [x] = model.inputs
     return [keras.layers.InputSpec(shape=(None, *x.shape[1:]), dtype=x.dtype, name=x.name)]
 
