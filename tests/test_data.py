@@ -273,6 +273,5 @@ def test_a_short_last_batch_is_trained_counted_and_resumed(image_folder):
     assert sorted(np.concatenate([y for _, y in whole[:4]]).tolist()) == sorted(train.labels)
     resumed = [(x.numpy(), y.numpy()) for x, y in make_dataset(train, config, training=True, epochs=(1, 2))]
     assert len(resumed) == 4
-    for (x, y), (x0, y0) in zip(resumed, whole[4:]):
+    for (x, y), (x0, y0) in zip(resumed, whole[4:], strict=True):
         assert np.array_equal(x, x0) and np.array_equal(y, y0)
-
